@@ -1,0 +1,26 @@
+# Each target delegates to scripts/ or the CLI, so the same steps work without make.
+.PHONY: install run test lint proto demo clean
+
+install:
+	./scripts/install.sh
+
+run: .venv/.installed
+	.venv/bin/metaas serve
+
+test:
+	./scripts/test.sh
+
+lint: .venv/.installed
+	./scripts/lint.sh
+
+proto: .venv/.installed
+	./scripts/gen-proto.sh
+
+demo: .venv/.installed
+	.venv/bin/metaas demo
+
+clean:
+	rm -rf .venv .tools data .pytest_cache .mypy_cache .ruff_cache
+
+.venv/.installed: pyproject.toml client/pyproject.toml scripts/install.sh
+	./scripts/install.sh

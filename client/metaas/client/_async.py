@@ -1,0 +1,137 @@
+"""The asyncio client."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from types import TracebackType
+
+import grpc
+
+from metaas.client._channel import CHANNEL_OPTIONS, DEFAULT_TARGET
+from metaas.client._convert import query_request, query_result, series_list, write_request
+from metaas.client._errors import MetaasError
+from metaas.client._types import QueryResult, Series, SeriesList, TimeLike, to_ms
+from metaas.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
+
+DEFAULT_STATS = ("count", "mean", "p50", "p99", "max")
+
+
+class AsyncClient:
+    """metaas over one gRPC channel. ``timeout`` is the default deadline of
+    each call in seconds (None: no deadline); every method takes its own."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        options = list(CHANNEL_OPTIONS)
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=options)
+        )
+        self._ingest = ingest_pb2_grpc.MetricsIngestStub(self._channel)
+        self._query = query_pb2_grpc.MetricsQueryStub(self._channel)
+        self._timeout = timeout
+        self._metadata = tuple(metadata)
+
+    async def write(
+        self,
+        series: Iterable[Series],
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Write samples; returns how many were made durable. A key is made up
+        when none is given, so the client's own retries never double count."""
+        request = write_request(series, idempotency_key or uuid.uuid4().hex)
+        try:
+            response = await self._ingest.Write(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise MetaasError.from_rpc_error(error) from None
+        return response.accepted_samples
+
+    async def write_stream(
+        self, batches: AsyncIterable[Sequence[Series]], *, timeout: float | None = None
+    ) -> int:
+        """Send each batch as one message of a WriteStream; returns the total."""
+
+        async def requests() -> AsyncIterator[ingest_pb2.WriteRequest]:
+            async for batch in batches:
+                yield write_request(batch, uuid.uuid4().hex)
+
+        try:
+            response = await self._ingest.WriteStream(
+                requests(), timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise MetaasError.from_rpc_error(error) from None
+        return response.accepted_samples
+
+    async def query_range(
+        self,
+        app: str,
+        metric: str,
+        start: TimeLike,
+        end: TimeLike,
+        *,
+        step_ms: int = 60_000,
+        stats: Sequence[str] = DEFAULT_STATS,
+        matchers: Mapping[str, str] | None = None,
+        group_by: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> QueryResult:
+        request = query_request(
+            app, metric, to_ms(start), to_ms(end), step_ms, stats, matchers, group_by
+        )
+        try:
+            response = await self._query.QueryRange(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise MetaasError.from_rpc_error(error) from None
+        return query_result(response)
+
+    async def list_series(
+        self,
+        app: str,
+        start: TimeLike,
+        end: TimeLike,
+        *,
+        metric: str | None = None,
+        timeout: float | None = None,
+    ) -> SeriesList:
+        request = query_pb2.ListSeriesRequest(
+            app=app, start_ms=to_ms(start), end_ms=to_ms(end), metric=metric or ""
+        )
+        try:
+            response = await self._query.ListSeries(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise MetaasError.from_rpc_error(error) from None
+        return series_list(response)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return timeout if timeout is not None else self._timeout

@@ -1,0 +1,54 @@
+"""Errors raised by the client, with the server's field violations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class MetaasError(Exception):
+    """An RPC failed. ``code`` is the gRPC status; ``violations`` name the
+    request fields at fault (for INVALID_ARGUMENT and RESOURCE_EXHAUSTED)."""
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, violations: tuple[FieldViolation, ...] = ()
+    ) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.violations = violations
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> MetaasError:
+        code: grpc.StatusCode = error.code()
+        message: str = error.details() or ""
+        metadata = error.trailing_metadata() or ()
+        return cls(code, message, _violations(metadata))
+
+
+def _violations(metadata: Iterable[Any]) -> tuple[FieldViolation, ...]:
+    # Sync calls give (key, value) namedtuples, asyncio calls grpc.aio.Metadata.
+    found: list[FieldViolation] = []
+    for key, value in metadata:
+        if key != _DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            bad_request = error_details_pb2.BadRequest()
+            if detail.Unpack(bad_request):
+                found.extend(
+                    FieldViolation(v.field, v.description) for v in bad_request.field_violations
+                )
+    return tuple(found)

@@ -1,0 +1,116 @@
+"""The blocking client, for scripts and notebooks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+
+import grpc
+
+from metaas.client._async import DEFAULT_STATS
+from metaas.client._channel import CHANNEL_OPTIONS, DEFAULT_TARGET
+from metaas.client._convert import query_request, query_result, series_list, write_request
+from metaas.client._errors import MetaasError
+from metaas.client._types import QueryResult, Series, SeriesList, TimeLike, to_ms
+from metaas.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
+
+
+class Client:
+    """Blocking twin of :class:`metaas.client.AsyncClient`."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        options = list(CHANNEL_OPTIONS)
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.insecure_channel(target, options=options)
+        )
+        self._ingest = ingest_pb2_grpc.MetricsIngestStub(self._channel)
+        self._query = query_pb2_grpc.MetricsQueryStub(self._channel)
+        self._timeout = timeout
+        self._metadata = tuple(metadata)
+
+    def write(
+        self,
+        series: Iterable[Series],
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        request = write_request(series, idempotency_key or uuid.uuid4().hex)
+        try:
+            response: ingest_pb2.WriteResponse = self._ingest.Write(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise MetaasError.from_rpc_error(error) from None
+        return response.accepted_samples
+
+    def query_range(
+        self,
+        app: str,
+        metric: str,
+        start: TimeLike,
+        end: TimeLike,
+        *,
+        step_ms: int = 60_000,
+        stats: Sequence[str] = DEFAULT_STATS,
+        matchers: Mapping[str, str] | None = None,
+        group_by: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> QueryResult:
+        request = query_request(
+            app, metric, to_ms(start), to_ms(end), step_ms, stats, matchers, group_by
+        )
+        try:
+            response: query_pb2.QueryRangeResponse = self._query.QueryRange(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise MetaasError.from_rpc_error(error) from None
+        return query_result(response)
+
+    def list_series(
+        self,
+        app: str,
+        start: TimeLike,
+        end: TimeLike,
+        *,
+        metric: str | None = None,
+        timeout: float | None = None,
+    ) -> SeriesList:
+        request = query_pb2.ListSeriesRequest(
+            app=app, start_ms=to_ms(start), end_ms=to_ms(end), metric=metric or ""
+        )
+        try:
+            response: query_pb2.ListSeriesResponse = self._query.ListSeries(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as error:
+            raise MetaasError.from_rpc_error(error) from None
+        return series_list(response)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return timeout if timeout is not None else self._timeout

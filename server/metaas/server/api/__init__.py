@@ -1,0 +1,1 @@
+"""The gRPC surface: servicers, validation and the server itself."""

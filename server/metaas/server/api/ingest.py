@@ -1,0 +1,86 @@
+"""metaas.v1.MetricsIngest."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from opentelemetry import trace
+
+from metaas.server.api.errors import RequestError, abort
+from metaas.server.api.tracing import rpc_span
+from metaas.server.api.validation import validate_write
+from metaas.server.clock import Clock
+from metaas.server.config import LimitsConfig
+from metaas.server.ingest.pipeline import IngestPipeline
+from metaas.server.ingest.wal import WalError
+from metaas.v1 import ingest_pb2, ingest_pb2_grpc
+
+SERVICE = "metaas.v1.MetricsIngest"
+_Context = grpc.aio.ServicerContext[ingest_pb2.WriteRequest, ingest_pb2.WriteResponse]
+
+
+class MetricsIngestServicer(ingest_pb2_grpc.MetricsIngestServicer):
+    def __init__(
+        self,
+        pipeline: IngestPipeline,
+        *,
+        limits: LimitsConfig,
+        retention_ms: int,
+        clock: Clock,
+        tracer: trace.Tracer,
+    ) -> None:
+        self._pipeline = pipeline
+        self._limits = limits
+        self._retention_ms = retention_ms
+        self._clock = clock
+        self._tracer = tracer
+
+    async def Write(
+        self, request: ingest_pb2.WriteRequest, context: _Context
+    ) -> ingest_pb2.WriteResponse:
+        with rpc_span(self._tracer, SERVICE, "Write") as span:
+            try:
+                accepted = await self._write(request)
+            except RequestError as error:
+                await abort(context, error)
+            span.set_attribute("metaas.samples", accepted)
+            return ingest_pb2.WriteResponse(accepted_samples=accepted)
+
+    async def WriteStream(
+        self, request_iterator: AsyncIterator[ingest_pb2.WriteRequest], context: _Context
+    ) -> ingest_pb2.WriteResponse:
+        """Each message is validated and applied on its own, in order; an
+        invalid one ends the stream with its error, prefixed by its index."""
+        with rpc_span(self._tracer, SERVICE, "WriteStream") as span:
+            total = 0
+            index = 0
+            async for request in request_iterator:
+                try:
+                    total += await self._write(request)
+                except RequestError as error:
+                    await abort(context, _in_message(error, index, total))
+                index += 1
+            span.set_attribute("metaas.samples", total)
+            span.set_attribute("metaas.messages", index)
+            return ingest_pb2.WriteResponse(accepted_samples=total)
+
+    async def _write(self, request: ingest_pb2.WriteRequest) -> int:
+        batches, accepted = validate_write(
+            request,
+            now_ms=self._clock.now_ms(),
+            retention_ms=self._retention_ms,
+            limits=self._limits,
+        )
+        try:
+            return await self._pipeline.write(request, batches, accepted)
+        except WalError as error:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, str(error)) from error
+
+
+def _in_message(error: RequestError, index: int, accepted: int) -> RequestError:
+    return RequestError(
+        error.code,
+        f"message {index}: {error.message} ({accepted} samples of earlier messages were applied)",
+        [(f"[{index}].{field}", description) for field, description in error.violations],
+    )

@@ -1,0 +1,100 @@
+"""metaas.v1.MetricsQuery."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import grpc
+from opentelemetry import trace
+
+from metaas.server.api.errors import RequestError, abort
+from metaas.server.api.tracing import rpc_span
+from metaas.server.api.validation import validate_list_series, validate_query
+from metaas.server.config import LimitsConfig
+from metaas.server.query import QueryEngine
+from metaas.server.storage.base import Storage
+from metaas.server.storage.errors import StorageError
+from metaas.v1 import query_pb2, query_pb2_grpc
+
+SERVICE = "metaas.v1.MetricsQuery"
+_T = TypeVar("_T")
+
+
+class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
+    def __init__(
+        self,
+        engine: QueryEngine,
+        storage: Storage,
+        *,
+        limits: LimitsConfig,
+        tracer: trace.Tracer,
+    ) -> None:
+        self._engine = engine
+        self._storage = storage
+        self._limits = limits
+        self._tracer = tracer
+
+    async def QueryRange(
+        self,
+        request: query_pb2.QueryRangeRequest,
+        context: grpc.aio.ServicerContext[
+            query_pb2.QueryRangeRequest, query_pb2.QueryRangeResponse
+        ],
+    ) -> query_pb2.QueryRangeResponse:
+        with rpc_span(self._tracer, SERVICE, "QueryRange") as span:
+            try:
+                query = validate_query(request, limits=self._limits)
+                groups = await _storage_call(self._engine.query_range(query))
+            except RequestError as error:
+                await abort(context, error)
+            span.set_attribute("metaas.result.series", len(groups))
+            span.set_attribute("metaas.served_by", self._storage.name)
+            names = [s.name for s in query.stats]
+            return query_pb2.QueryRangeResponse(
+                served_by=self._storage.name,
+                series=[
+                    query_pb2.ResultSeries(
+                        labels=dict(group.labels),
+                        times_ms=group.times_ms,
+                        stats=[
+                            query_pb2.StatValues(stat=name, values=values)
+                            for name, values in zip(names, group.values, strict=True)
+                        ],
+                    )
+                    for group in groups
+                ],
+            )
+
+    async def ListSeries(
+        self,
+        request: query_pb2.ListSeriesRequest,
+        context: grpc.aio.ServicerContext[
+            query_pb2.ListSeriesRequest, query_pb2.ListSeriesResponse
+        ],
+    ) -> query_pb2.ListSeriesResponse:
+        with rpc_span(self._tracer, SERVICE, "ListSeries"):
+            try:
+                validate_list_series(request, limits=self._limits)
+                found = await _storage_call(
+                    self._storage.list_series(
+                        request.app, request.start_ms, request.end_ms, request.metric or None
+                    )
+                )
+            except RequestError as error:
+                await abort(context, error)
+            ordered = sorted(found, key=lambda s: (s.metric, s.labels))
+            return query_pb2.ListSeriesResponse(
+                series=[
+                    query_pb2.SeriesDescriptor(metric=s.metric, labels=s.label_map) for s in ordered
+                ],
+                metrics=sorted({s.metric for s in ordered}),
+            )
+
+
+async def _storage_call(call: Awaitable[_T]) -> _T:
+    try:
+        return await call
+    except StorageError as error:
+        code = grpc.StatusCode.UNAVAILABLE if error.is_retryable else grpc.StatusCode.INTERNAL
+        raise RequestError(code, f"storage: {error}") from error

@@ -1,0 +1,212 @@
+"""Validation of every request field, before anything is applied.
+
+Each rule names the field at fault with a path such as
+``series[2].times_ms[17]``; all of a request's violations are reported (up to
+MAX_VIOLATIONS), and a request with any is rejected whole.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Final
+
+import grpc
+import numpy as np
+
+from metaas.server.api.errors import RequestError
+from metaas.server.config import LimitsConfig
+from metaas.server.ingest.records import SeriesBatch, batches_from_request
+from metaas.server.model import Labels
+from metaas.server.query import DEFAULT_STATS, RangeQuery, Stat, parse_stat
+from metaas.server.query.stats import ACCEPTED
+from metaas.server.sketch.distribution import MINUTE_MS
+from metaas.v1 import ingest_pb2, query_pb2
+
+MAX_VIOLATIONS: Final = 20
+_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
+_LABEL_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class _Violations:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, field: str, description: str) -> None:
+        if len(self.items) < MAX_VIOLATIONS:
+            self.items.append((field, description))
+
+    def raise_if_any(self, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> None:
+        if self.items:
+            field, description = self.items[0]
+            more = f" (and {len(self.items) - 1} more)" if len(self.items) > 1 else ""
+            raise RequestError(code, f"{field}: {description}{more}", self.items)
+
+
+def _check_name(v: _Violations, field: str, value: str, limits: LimitsConfig) -> None:
+    if not value:
+        v.add(field, "is required")
+    elif len(value) > limits.max_name_length:
+        v.add(field, f"is {len(value)} characters; at most {limits.max_name_length}")
+    elif not _NAME.match(value):
+        v.add(field, "must start with a letter or digit and use only letters, digits and _ . : / -")
+
+
+def _check_labels(
+    v: _Violations, field: str, labels: Iterable[tuple[str, str]], limits: LimitsConfig
+) -> None:
+    items = list(labels)
+    if len(items) > limits.max_labels:
+        v.add(field, f"has {len(items)} labels; at most {limits.max_labels}")
+        return
+    for name, value in items:
+        where = f'{field}["{name}"]' if len(name) <= limits.max_label_name_length else field
+        if len(name) > limits.max_label_name_length:
+            v.add(
+                where,
+                f"label name is {len(name)} characters; at most {limits.max_label_name_length}",
+            )
+        elif not _LABEL_NAME.match(name):
+            v.add(where, "label name must start with a letter or _ and use letters, digits, _ . -")
+        if not value:
+            v.add(where, "label value is empty; leave the label out instead")
+        elif len(value) > limits.max_label_value_length:
+            v.add(
+                where,
+                f"label value is {len(value)} characters; at most {limits.max_label_value_length}",
+            )
+        elif _CONTROL.search(value):
+            v.add(where, "label value contains control characters")
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+def validate_write(
+    request: ingest_pb2.WriteRequest,
+    *,
+    now_ms: int,
+    retention_ms: int,
+    limits: LimitsConfig,
+) -> tuple[list[SeriesBatch], int]:
+    """The request's batches and sample count, or RequestError."""
+    size = request.ByteSize()
+    if size > limits.max_request_bytes:
+        raise RequestError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"request is {size} bytes; at most {limits.max_request_bytes}: split it",
+            [("series", f"request is {size} bytes; at most {limits.max_request_bytes}")],
+        )
+    v = _Violations()
+    if len(request.series) > limits.max_series_per_request:
+        v.add(
+            "series", f"has {len(request.series)} series; at most {limits.max_series_per_request}"
+        )
+        v.raise_if_any(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    total = sum(len(s.times_ms) for s in request.series)
+    if total > limits.max_samples_per_request:
+        v.add("series", f"has {total} samples; at most {limits.max_samples_per_request}: split it")
+        v.raise_if_any(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    if len(request.idempotency_key) > limits.max_idempotency_key_length:
+        v.add("idempotency_key", f"is longer than {limits.max_idempotency_key_length} characters")
+    if not request.series:
+        v.add("series", "at least one series is required")
+    oldest = now_ms - retention_ms
+    newest = now_ms + limits.future_tolerance_ms
+    batches = batches_from_request(request)
+    for i, (series, batch) in enumerate(zip(request.series, batches, strict=True)):
+        where = f"series[{i}]"
+        _check_name(v, f"{where}.app", series.app, limits)
+        _check_name(v, f"{where}.metric", series.metric, limits)
+        _check_labels(v, f"{where}.labels", series.labels.items(), limits)
+        times, values = batch.times_ms, batch.values
+        if times.size != values.size:
+            v.add(f"{where}.values", f"has {values.size} values for {times.size} times_ms")
+            continue
+        if times.size == 0:
+            v.add(f"{where}.times_ms", "at least one sample is required")
+            continue
+        for j in np.flatnonzero(~np.isfinite(values))[:3].tolist():
+            v.add(f"{where}.values[{j}]", f"must be a finite number, not {values[j]}")
+        for j in np.flatnonzero(times < oldest)[:3].tolist():
+            v.add(
+                f"{where}.times_ms[{j}]",
+                f"{times[j]} is older than the retention ({retention_ms // 86_400_000} days, "
+                f"before {_iso(oldest)})",
+            )
+        for j in np.flatnonzero(times > newest)[:3].tolist():
+            v.add(
+                f"{where}.times_ms[{j}]",
+                f"{times[j]} ({_iso(int(times[j]))}) is more than "
+                f"{limits.future_tolerance_ms // 60_000} minutes in the future",
+            )
+    v.raise_if_any()
+    return batches, total
+
+
+def validate_query(request: query_pb2.QueryRangeRequest, *, limits: LimitsConfig) -> RangeQuery:
+    v = _Violations()
+    _check_name(v, "app", request.app, limits)
+    _check_name(v, "metric", request.metric, limits)
+    _check_labels(v, "matchers", request.matchers.items(), limits)
+    _check_range(v, request.start_ms, request.end_ms)
+    step = request.step_ms or MINUTE_MS
+    if step < 0 or step % MINUTE_MS:
+        v.add("step_ms", f"{request.step_ms} is not a positive multiple of 60000 (or 0 for 60000)")
+    elif request.end_ms > request.start_ms:
+        buckets = -(-(request.end_ms - request.start_ms) // step)
+        if buckets > limits.max_points_per_series:
+            v.add(
+                "step_ms",
+                f"the range holds {buckets} steps of {step} ms; at most "
+                f"{limits.max_points_per_series}: use a larger step",
+            )
+    stats: list[Stat] = []
+    for k, name in enumerate(request.stats):
+        stat = parse_stat(name)
+        if stat is None:
+            v.add(f"stats[{k}]", f"unknown stat {name!r}; expected {ACCEPTED}")
+        else:
+            stats.append(stat)
+    if not request.stats:
+        stats = [s for s in map(parse_stat, DEFAULT_STATS) if s is not None]
+    if len(request.group_by) > limits.max_labels:
+        v.add("group_by", f"has {len(request.group_by)} labels; at most {limits.max_labels}")
+    seen: set[str] = set()
+    for k, name in enumerate(request.group_by):
+        if not _LABEL_NAME.match(name) or len(name) > limits.max_label_name_length:
+            v.add(f"group_by[{k}]", f"{name!r} is not a valid label name")
+        elif name in seen:
+            v.add(f"group_by[{k}]", f"{name!r} is repeated")
+        seen.add(name)
+    v.raise_if_any()
+    matchers: Labels = tuple(sorted(request.matchers.items()))
+    return RangeQuery(
+        request.app,
+        request.metric,
+        matchers,
+        request.start_ms,
+        request.end_ms,
+        step,
+        tuple(stats),
+        tuple(request.group_by),
+    )
+
+
+def validate_list_series(request: query_pb2.ListSeriesRequest, *, limits: LimitsConfig) -> None:
+    v = _Violations()
+    _check_name(v, "app", request.app, limits)
+    if request.metric:
+        _check_name(v, "metric", request.metric, limits)
+    _check_range(v, request.start_ms, request.end_ms)
+    v.raise_if_any()
+
+
+def _check_range(v: _Violations, start_ms: int, end_ms: int) -> None:
+    if start_ms < 0:
+        v.add("start_ms", f"{start_ms} is negative; expected Unix epoch milliseconds")
+    if end_ms <= start_ms:
+        v.add("end_ms", f"{end_ms} must be after start_ms ({start_ms})")

@@ -1,0 +1,101 @@
+"""``metaas demo``: realistic traffic for N apps."""
+
+from __future__ import annotations
+
+import time
+
+import click
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from metaas.client import DEFAULT_TARGET, Client, MetaasError, Series
+
+_STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
+_STATUS_WEIGHTS = (0.90, 0.04, 0.05, 0.01)
+
+
+@click.command()
+@click.option(
+    "--target",
+    envvar="METAAS_TARGET",
+    default=DEFAULT_TARGET,
+    help="Server HOST:PORT. [env METAAS_TARGET]",
+)
+@click.option("--apps", type=click.IntRange(1, 100_000), default=5, help="Number of apps.")
+@click.option("--dynos", type=click.IntRange(1, 10_000), default=3, help="Web dynos per app.")
+@click.option(
+    "--minutes",
+    type=click.IntRange(1, 43_200),
+    default=30,
+    help="Minutes of history to generate, ending now.",
+)
+@click.option(
+    "--rpm", type=click.IntRange(1, 1_000_000), default=600, help="Requests per minute per dyno."
+)
+@click.option("--seed", type=int, default=7, help="Random seed, for reproducible traffic.")
+def demo(target: str, apps: int, dynos: int, minutes: int, rpm: int, seed: int) -> None:
+    """Generate traffic: router latencies (lognormal, per status class and
+    dyno), dyno memory and load, for apps demo-0 ... demo-N."""
+    rng = np.random.default_rng(seed)
+    now = time.time_ns() // 1_000_000
+    start = now - minutes * 60_000
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    written = 0
+    with Client(target, timeout=60) as client, Progress(*columns) as progress:
+        task = progress.add_task("apps", total=apps)
+        for index in range(apps):
+            app = f"demo-{index}"
+            median_ms = float(rng.uniform(20, 200))
+            try:
+                for batch in _app_traffic(rng, app, dynos, start, now, rpm, median_ms):
+                    written += client.write(batch)
+            except MetaasError as error:
+                raise click.ClickException(str(error)) from error
+            progress.advance(task)
+    click.echo(f"wrote {written} samples for {apps} apps over {minutes} minutes")
+    click.echo(
+        f"try: metaas query --app demo-0 --metric router.latency_ms --since {minutes}m "
+        "--step 5m --stats count,p50,p99,max --group-by status"
+    )
+
+
+def _app_traffic(
+    rng: np.random.Generator, app: str, dynos: int, start: int, end: int, rpm: int, median_ms: float
+) -> list[list[Series]]:
+    minutes = max(1, (end - start) // 60_000)
+    batches: list[list[Series]] = []
+    for dyno in (f"web.{d + 1}" for d in range(dynos)):
+        n = rpm * minutes
+        times = np.sort(rng.integers(start, end, n))
+        status = rng.choice(len(_STATUS_CLASSES), n, p=_STATUS_WEIGHTS)
+        # Errors are fast, redirects cheap, and a daily-ish wave moves the median.
+        wave = 1.0 + 0.3 * np.sin((times - start) / 3_600_000 * 2 * np.pi)
+        scale = np.array([1.0, 0.3, 0.5, 2.5])[status] * median_ms * wave
+        latency = rng.lognormal(np.log(scale), 0.6)
+        batch = [
+            Series(
+                app,
+                "router.latency_ms",
+                times[status == s].tolist(),
+                latency[status == s].tolist(),
+                {"dyno": dyno, "status": _STATUS_CLASSES[s]},
+            )
+            for s in range(len(_STATUS_CLASSES))
+            if np.any(status == s)
+        ]
+        sample_times = np.arange(start - start % 20_000 + 20_000, end, 20_000)
+        memory = 300 + np.cumsum(rng.normal(0.2, 2.0, sample_times.size))
+        load = np.abs(rng.normal(0.4 * wave[: sample_times.size].mean(), 0.2, sample_times.size))
+        batch.append(
+            Series(app, "dyno.memory_mb", sample_times.tolist(), memory.tolist(), {"dyno": dyno})
+        )
+        batch.append(
+            Series(app, "dyno.load_avg", sample_times.tolist(), load.tolist(), {"dyno": dyno})
+        )
+        batches.append(batch)
+    return batches

@@ -1,0 +1,137 @@
+"""Entry point of the ``metaas`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+
+from metaas.client import DEFAULT_TARGET
+from metaas.server.cli.demo import demo
+from metaas.server.cli.query import query
+from metaas.server.cli.write import write
+from metaas.server.config import (
+    ConfigError,
+    IngestConfig,
+    RetentionConfig,
+    ServerConfig,
+    Settings,
+)
+
+_DEFAULTS = Settings()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="metaas")
+def main() -> None:
+    """metaas: per-minute metric distributions per app, over gRPC."""
+
+
+@main.command()
+@click.option(
+    "--listen",
+    envvar="METAAS_LISTEN",
+    default=_DEFAULTS.server.listen,
+    help="HOST:PORT to serve gRPC on. [env METAAS_LISTEN]",
+)
+@click.option(
+    "--storage",
+    envvar="METAAS_STORAGE",
+    default=_DEFAULTS.storage_url,
+    help="Storage URL: sqlite:///path.db [env METAAS_STORAGE]",
+)
+@click.option(
+    "--wal-dir",
+    envvar="METAAS_WAL_DIR",
+    type=click.Path(path_type=Path),
+    default=_DEFAULTS.ingest.wal_dir,
+    help="Write-ahead log directory. [env METAAS_WAL_DIR]",
+)
+@click.option(
+    "--flush-interval-s",
+    envvar="METAAS_FLUSH_INTERVAL_S",
+    type=float,
+    default=_DEFAULTS.ingest.flush_interval_s,
+    help="Seconds between flushes to storage: the most a write waits to be "
+    "queryable. [env METAAS_FLUSH_INTERVAL_S]",
+)
+@click.option(
+    "--retention-days",
+    envvar="METAAS_RETENTION_DAYS",
+    type=int,
+    default=_DEFAULTS.retention.days,
+    help="Days of data kept. [env METAAS_RETENTION_DAYS]",
+)
+@click.option(
+    "--idempotency-window-s",
+    envvar="METAAS_IDEMPOTENCY_WINDOW_S",
+    type=float,
+    default=_DEFAULTS.ingest.idempotency_window_s,
+    help="How long idempotency keys are remembered. [env METAAS_IDEMPOTENCY_WINDOW_S]",
+)
+@click.option(
+    "--shutdown-grace-s",
+    envvar="METAAS_SHUTDOWN_GRACE_S",
+    type=float,
+    default=_DEFAULTS.server.shutdown_grace_s,
+    help="Seconds SIGTERM lets in-flight RPCs finish. [env METAAS_SHUTDOWN_GRACE_S]",
+)
+@click.option(
+    "--reflection/--no-reflection",
+    envvar="METAAS_REFLECTION",
+    default=True,
+    help="Serve gRPC reflection (for grpcurl). [env METAAS_REFLECTION]",
+)
+@click.option(
+    "--log-level",
+    envvar="METAAS_LOG_LEVEL",
+    default="info",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="[env METAAS_LOG_LEVEL]",
+)
+def serve(
+    listen: str,
+    storage: str,
+    wal_dir: Path,
+    flush_interval_s: float,
+    retention_days: int,
+    idempotency_window_s: float,
+    shutdown_grace_s: float,
+    reflection: bool,
+    log_level: str,
+) -> None:
+    """Run the server until SIGTERM or Ctrl-C (then drain and flush)."""
+    from metaas.server.app import serve as run
+    from metaas.server.telemetry import from_environment
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = Settings(
+            storage_url=storage,
+            server=ServerConfig(
+                listen=listen, reflection=reflection, shutdown_grace_s=shutdown_grace_s
+            ),
+            ingest=IngestConfig(
+                wal_dir=wal_dir,
+                flush_interval_s=flush_interval_s,
+                idempotency_window_s=idempotency_window_s,
+            ),
+            retention=RetentionConfig(days=retention_days),
+        )
+        telemetry = from_environment()
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
+    try:
+        asyncio.run(run(settings, telemetry))
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
+
+
+for command in (write, query, demo):
+    main.add_command(command)
+
+__all__ = ["DEFAULT_TARGET", "main"]

@@ -1,0 +1,119 @@
+"""Typed, validated configuration, one frozen dataclass per component.
+
+Values come from CLI flags or ``METAAS_*`` environment variables (the CLI maps
+both onto :func:`load`) and are validated once at start-up: a bad value fails
+fast with a message naming the setting and what it accepts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+DAY_MS: Final = 86_400_000
+
+
+class ConfigError(ValueError):
+    """A setting has a value outside what it accepts."""
+
+    def __init__(self, setting: str, value: object, accepted: str) -> None:
+        super().__init__(f"invalid {setting} {value!r}: expected {accepted}")
+        self.setting = setting
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:50051"
+    reflection: bool = True
+    # Seconds SIGTERM waits for in-flight RPCs before the final flush.
+    shutdown_grace_s: float = 10.0
+    # gRPC transport cap; requests up to it get a field-level error when they
+    # break the (smaller) per-request limits below.
+    max_receive_message_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError("METAAS_LISTEN / --listen", self.listen, "HOST:PORT")
+        if self.shutdown_grace_s < 0:
+            raise ConfigError("shutdown grace", self.shutdown_grace_s, "seconds >= 0")
+
+    @property
+    def is_loopback(self) -> bool:
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    wal_dir: Path = Path("data/wal")
+    # Acknowledged samples become visible to queries within this many seconds.
+    flush_interval_s: float = 10.0
+    # How long a request's idempotency key is remembered (it survives restarts).
+    idempotency_window_s: float = 600.0
+    max_idempotency_keys: int = 100_000
+    # Minutes older than this (by sample time) leave memory after their flush;
+    # a late sample for them is merged into the stored row instead.
+    hot_minutes: int = 3
+    fsync: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.flush_interval_s <= 3600:
+            raise ConfigError(
+                "METAAS_FLUSH_INTERVAL_S / --flush-interval-s",
+                self.flush_interval_s,
+                "seconds between 0.05 and 3600",
+            )
+        if self.idempotency_window_s <= 0:
+            raise ConfigError("idempotency window", self.idempotency_window_s, "seconds > 0")
+        if self.max_idempotency_keys < 1:
+            raise ConfigError("max idempotency keys", self.max_idempotency_keys, "an integer >= 1")
+        if self.hot_minutes < 1:
+            raise ConfigError("hot minutes", self.hot_minutes, "an integer >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    days: int = 30
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.days <= 3650:
+            raise ConfigError("METAAS_RETENTION_DAYS / --retention-days", self.days, "1..3650")
+
+    @property
+    def retention_ms(self) -> int:
+        return self.days * DAY_MS
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Per-request limits enforced by validation."""
+
+    max_name_length: int = 128
+    max_labels: int = 16
+    max_label_name_length: int = 64
+    max_label_value_length: int = 256
+    max_series_per_request: int = 10_000
+    max_samples_per_request: int = 500_000
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_idempotency_key_length: int = 128
+    future_tolerance_ms: int = 5 * 60_000
+    max_points_per_series: int = 11_000
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything ``metaas serve`` needs."""
+
+    storage_url: str = "sqlite:///./data/metaas.db"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)

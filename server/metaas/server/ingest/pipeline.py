@@ -1,0 +1,245 @@
+"""Durable ingest: validated writes go to the write-ahead log, are acknowledged
+once on disk, aggregate per minute in memory, and are flushed to storage every
+flush interval. See docs/architecture.md for the guarantees and why they hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from metaas.server.clock import Clock
+from metaas.server.config import IngestConfig
+from metaas.server.ingest import records
+from metaas.server.ingest.aggregator import Aggregator, PendingPartial
+from metaas.server.ingest.flusher import write_pending
+from metaas.server.ingest.idempotency import IdempotencyKeys
+from metaas.server.ingest.records import SeriesBatch
+from metaas.server.ingest.wal import Segment, WriteAheadLog, list_segments, read_segment
+from metaas.server.retry import backoff
+from metaas.server.storage.base import Storage
+from metaas.server.storage.errors import StorageError
+from metaas.server.telemetry import Telemetry
+from metaas.v1 import ingest_pb2
+
+log = logging.getLogger(__name__)
+
+
+class IngestPipeline:
+    def __init__(
+        self,
+        config: IngestConfig,
+        *,
+        retention_ms: int,
+        storage: Storage,
+        clock: Clock,
+        telemetry: Telemetry,
+    ) -> None:
+        self._config = config
+        self._retention_ms = retention_ms
+        self._storage = storage
+        self._clock = clock
+        # A fresh writer identity per run: partials flushed by an earlier run
+        # are never overwritten by this one's (smaller) in-memory state.
+        self.generation = secrets.token_hex(8)
+        self._aggregator = Aggregator(hot_minutes=config.hot_minutes)
+        self._keys = IdempotencyKeys(
+            int(config.idempotency_window_s * 1000), config.max_idempotency_keys, clock
+        )
+        self._wal = WriteAheadLog(config.wal_dir, self.generation, fsync=config.fsync)
+        self._old_segments: list[Segment] = []
+        # Sealed segments whose aggregates are not in storage yet, oldest first.
+        self._sealed: list[tuple[int, list[PendingPartial]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
+        self._tracer = telemetry.tracer
+        meter = telemetry.meter
+        self._samples = meter.create_counter(
+            "metaas.ingest.samples", unit="{sample}", description="Samples made durable"
+        )
+        self._flush_seconds = meter.create_histogram(
+            "metaas.ingest.flush.duration", unit="s", description="Time to flush one WAL segment"
+        )
+        self._flush_rows = meter.create_counter(
+            "metaas.ingest.flush.rows", unit="{row}", description="Partials written by flushes"
+        )
+        self._flush_errors = meter.create_counter(
+            "metaas.ingest.flush.errors", unit="{error}", description="Failed flush attempts"
+        )
+        meter.create_observable_gauge(
+            "metaas.ingest.aggregates",
+            callbacks=[self._observe_aggregates],
+            unit="{aggregate}",
+            description="Per-minute aggregates held in memory",
+        )
+
+    def _observe_aggregates(self, _options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(len(self._aggregator))
+
+    async def start(self) -> None:
+        """Reload idempotency keys from earlier runs' log segments, open this
+        run's log, and start flushing (recovery of earlier segments first)."""
+        self._old_segments = await asyncio.to_thread(list_segments, self._config.wal_dir)
+        for segment in self._old_segments:
+            for record in await asyncio.to_thread(_read_records, segment):
+                if isinstance(record, records.WriteRecord):
+                    if record.idempotency_key:
+                        self._keys.record(
+                            record.idempotency_key, record.accepted, record.recorded_ms
+                        )
+                else:
+                    for entry in record:
+                        self._keys.restore(entry)
+        await self._wal.open(records.encode_keys(self._keys.snapshot()))
+        self._task = asyncio.create_task(self._run(), name="ingest-flusher")
+
+    async def write(
+        self, request: ingest_pb2.WriteRequest, batches: Sequence[SeriesBatch], accepted: int
+    ) -> int:
+        """Make a validated request durable and aggregated; return the number
+        of samples accepted (the first answer, for a retried idempotency key)."""
+        key = request.idempotency_key
+        if not key:
+            return await self._append(request, batches, accepted, key)
+        answered = self._keys.answered(key)
+        if answered is not None:
+            return answered
+        first = self._keys.in_flight(key)
+        if first is not None:
+            return await asyncio.shield(first)
+        future = self._keys.begin(key)
+        try:
+            result = await self._append(request, batches, accepted, key)
+        except BaseException as error:
+            future.set_exception(
+                error if isinstance(error, Exception) else asyncio.CancelledError()
+            )
+            future.exception()  # retrieved here; concurrent retries see it too
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            self._keys.finish(key, future)
+
+    async def _append(
+        self,
+        request: ingest_pb2.WriteRequest,
+        batches: Sequence[SeriesBatch],
+        accepted: int,
+        key: str,
+    ) -> int:
+        recorded_ms = self._clock.now_ms()
+        payload = records.encode_write(
+            records.WriteRecord(recorded_ms, accepted, key, request.SerializeToString())
+        )
+
+        def apply() -> int:
+            self._aggregator.apply(batches)
+            if key:
+                self._keys.record(key, accepted, recorded_ms)
+            self._samples.add(accepted)
+            return accepted
+
+        return await self._wal.append(payload, apply)
+
+    async def flush(self) -> int:
+        """Seal the current log segment and store its aggregates (and those of
+        any earlier flush that was interrupted), retrying until storage takes
+        them; return the number of rows written."""
+        async with self._flush_lock:
+            self._sealed.append(
+                await self._wal.rotate(
+                    lambda: records.encode_keys(self._keys.snapshot()),
+                    lambda epoch: (epoch, self._aggregator.take_dirty()),
+                )
+            )
+            rows = 0
+            while self._sealed:
+                epoch, pending = self._sealed[0]
+                with self._tracer.start_as_current_span("metaas.ingest.flush") as span:
+                    span.set_attribute("metaas.flush.epoch", epoch)
+                    span.set_attribute("metaas.flush.aggregates", len(pending))
+                    rows += await self._store(pending, writer=self.generation, epoch=epoch)
+                self._sealed.pop(0)
+                await self._wal.delete_through(epoch)
+            self._aggregator.evict(self._clock.now_ms())
+            return rows
+
+    async def stop(self) -> None:
+        """Stop the flush loop, flush what is left, close the log. A flush
+        that cannot finish leaves its segments for the next start."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            await asyncio.wait_for(self.flush(), timeout=30)
+        except (TimeoutError, StorageError) as error:
+            log.error("final flush failed (%s); the log will be replayed on next start", error)
+        finally:
+            await self._wal.close()
+
+    async def _run(self) -> None:
+        await self._recover()
+        interval = self._config.flush_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            await self.flush()
+
+    async def _recover(self) -> None:
+        """Store the data of earlier runs' segments under their own writer
+        identity and epoch (merging, so each is applied exactly once)."""
+        cutoff = self._clock.now_ms() - self._retention_ms
+        while self._old_segments:
+            segment = self._old_segments[0]
+            aggregator = Aggregator(hot_minutes=self._config.hot_minutes, all_incomplete=True)
+            for record in await asyncio.to_thread(_read_records, segment):
+                if isinstance(record, records.WriteRecord):
+                    request = ingest_pb2.WriteRequest.FromString(record.request)
+                    aggregator.apply(
+                        _within_retention(records.batches_from_request(request), cutoff)
+                    )
+            rows = await self._store(
+                aggregator.take_dirty(), writer=segment.generation, epoch=segment.epoch
+            )
+            log.info("recovered wal segment %s (%d rows)", segment.path.name, rows)
+            await self._wal.delete(segment)
+            self._old_segments.pop(0)
+
+    async def _store(self, pending: list[PendingPartial], *, writer: str, epoch: int) -> int:
+        delays = backoff()
+        while True:
+            started = time.perf_counter()
+            try:
+                rows = await write_pending(self._storage, pending, writer=writer, epoch=epoch)
+            except StorageError as error:
+                self._flush_errors.add(1, {"retryable": error.is_retryable})
+                delay = next(delays)
+                log.warning("flush of epoch %d failed: %s; retrying in %.2fs", epoch, error, delay)
+                await asyncio.sleep(delay)
+                continue
+            self._flush_seconds.record(time.perf_counter() - started)
+            self._flush_rows.add(rows)
+            return rows
+
+
+def _read_records(segment: Segment) -> list[records.WriteRecord | list[records.KeyEntry]]:
+    return [records.decode(payload) for payload in read_segment(segment.path)]
+
+
+def _within_retention(batches: list[SeriesBatch], cutoff_ms: int) -> list[SeriesBatch]:
+    kept = []
+    for batch in batches:
+        mask = batch.times_ms >= cutoff_ms
+        if bool(mask.all()):
+            kept.append(batch)
+        elif bool(mask.any()):
+            kept.append(SeriesBatch(batch.series, batch.times_ms[mask], batch.values[mask]))
+    return kept

@@ -1,0 +1,82 @@
+"""Answers range queries from stored partials."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from metaas.server.clock import Clock
+from metaas.server.model import Labels, SeriesKey
+from metaas.server.query.stats import Stat, evaluate
+from metaas.server.sketch import Distribution
+from metaas.server.storage.base import PartialReader
+
+
+@dataclass(frozen=True, slots=True)
+class RangeQuery:
+    """A validated query. Minutes whose start lies in ``[start_ms, end_ms)``
+    are merged into buckets ``start_ms + k * step_ms``."""
+
+    app: str
+    metric: str
+    matchers: Labels
+    start_ms: int
+    end_ms: int
+    step_ms: int
+    stats: tuple[Stat, ...]
+    group_by: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResultGroup:
+    labels: Labels
+    times_ms: tuple[int, ...]
+    # One tuple of values per requested stat, aligned with times_ms.
+    values: tuple[tuple[float, ...], ...]
+
+
+class QueryEngine:
+    def __init__(self, reader: PartialReader, *, retention_ms: int, clock: Clock) -> None:
+        self._reader = reader
+        self._retention_ms = retention_ms
+        self._clock = clock
+
+    async def query_range(self, query: RangeQuery) -> list[ResultGroup]:
+        """Groups sorted by labels; each with the buckets that have data."""
+        start = max(query.start_ms, self._clock.now_ms() - self._retention_ms)
+        if start >= query.end_ms:
+            return []
+        partials = await self._reader.read_partials(query.app, query.metric, start, query.end_ms)
+        buckets: dict[Labels, dict[int, Distribution]] = defaultdict(dict)
+        for partial in partials:
+            if not _matches(partial.series, query.matchers):
+                continue
+            group = _group_labels(partial.series, query.group_by)
+            offset = (partial.minute_ms - query.start_ms) // query.step_ms
+            bucket_start = query.start_ms + offset * query.step_ms
+            merged = buckets[group].get(bucket_start)
+            if merged is None:
+                buckets[group][bucket_start] = partial.distribution.copy()
+            else:
+                merged.merge(partial.distribution)
+        return [_result(group, by_time, query.stats) for group, by_time in sorted(buckets.items())]
+
+
+def _matches(series: SeriesKey, matchers: Labels) -> bool:
+    labels = series.label_map
+    return all(labels.get(name) == value for name, value in matchers)
+
+
+def _group_labels(series: SeriesKey, group_by: Sequence[str]) -> Labels:
+    labels = series.label_map
+    return tuple((name, labels.get(name, "")) for name in group_by)
+
+
+def _result(
+    group: Labels, by_time: dict[int, Distribution], stats: tuple[Stat, ...]
+) -> ResultGroup:
+    times = sorted(by_time)
+    rows = [evaluate(stats, by_time[t]) for t in times]
+    columns = tuple(tuple(row[i] for row in rows) for i in range(len(stats)))
+    return ResultGroup(group, tuple(times), columns)

@@ -1,0 +1,54 @@
+"""The statistics a query can ask for."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from metaas.server.sketch import Distribution
+
+_NAMED_QUANTILES: Final = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p999": 0.999}
+_EXACT: Final = ("count", "sum", "min", "max", "mean")
+_Q: Final = re.compile(r"^q(0(\.\d+)?|1(\.0+)?|\.\d+)$")
+ACCEPTED: Final = "count sum min max mean p50 p90 p95 p99 p999, or q<fraction> such as q0.75"
+DEFAULT_STATS: Final = ("count", "sum", "min", "max", "mean", "p50", "p90", "p99")
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    name: str
+    quantile: float | None = None  # None for the exact statistics
+
+
+def parse_stat(name: str) -> Stat | None:
+    """The stat named ``name``, or None when it is not one of ACCEPTED."""
+    if name in _EXACT:
+        return Stat(name)
+    if name in _NAMED_QUANTILES:
+        return Stat(name, _NAMED_QUANTILES[name])
+    if _Q.match(name):
+        return Stat(name, float(name[1:]))
+    return None
+
+
+def evaluate(stats: tuple[Stat, ...], distribution: Distribution) -> list[float]:
+    """Each stat's value for one bucket, in order."""
+    fractions = [s.quantile for s in stats if s.quantile is not None]
+    quantiles = iter(distribution.quantiles(fractions) if fractions else [])
+    values = []
+    for stat in stats:
+        if stat.quantile is not None:
+            values.append(next(quantiles))
+        elif stat.name == "count":
+            values.append(float(distribution.count))
+        elif stat.name == "sum":
+            values.append(distribution.sum)
+        elif stat.name == "min":
+            values.append(distribution.min)
+        elif stat.name == "max":
+            values.append(distribution.max)
+        else:
+            values.append(distribution.mean if distribution.count else math.nan)
+    return values

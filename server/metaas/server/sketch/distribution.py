@@ -1,0 +1,122 @@
+"""The per-minute aggregate: exact count, sum, min and max, plus a sketch."""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Final
+
+import numpy as np
+
+from metaas.server.sketch.histogram import FloatArray, Int64Array, Sketch
+
+MINUTE_MS: Final = 60_000
+_HEADER = struct.Struct("<Bqddd")
+_ENCODING_VERSION: Final = 1
+
+
+class Distribution:
+    """A mergeable summary of a set of observations."""
+
+    __slots__ = ("count", "max", "min", "sketch", "sum")
+
+    def __init__(
+        self,
+        count: int = 0,
+        total: float = 0.0,
+        minimum: float = math.inf,
+        maximum: float = -math.inf,
+        sketch: Sketch | None = None,
+    ) -> None:
+        self.count = count
+        self.sum = total
+        self.min = minimum
+        self.max = maximum
+        self.sketch = sketch if sketch is not None else Sketch()
+
+    @classmethod
+    def from_values(cls, values: FloatArray) -> Distribution:
+        return cls(
+            int(values.size),
+            float(values.sum()),
+            float(values.min()),
+            float(values.max()),
+            Sketch.from_values(values),
+        )
+
+    def merge(self, other: Distribution) -> None:
+        self.count += other.count
+        self.sum += other.sum
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+        self.sketch.merge(other.sketch)
+
+    def copy(self) -> Distribution:
+        return Distribution(self.count, self.sum, self.min, self.max, self.sketch.copy())
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.count if self.count else math.nan
+
+    def quantiles(self, fractions: list[float]) -> list[float]:
+        """Sketch estimates, clamped to the exact min and max (so q=0 and q=1
+        are exact)."""
+        estimates = self.sketch.quantiles(fractions)
+        return [
+            self.min if q <= 0.0 else self.max if q >= 1.0 else min(max(v, self.min), self.max)
+            for q, v in zip(fractions, estimates, strict=True)
+        ]
+
+    def to_bytes(self) -> bytes:
+        return (
+            _HEADER.pack(_ENCODING_VERSION, self.count, self.sum, self.min, self.max)
+            + self.sketch.to_bytes()
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Distribution:
+        version, count, total, minimum, maximum = _HEADER.unpack_from(data, 0)
+        if version != _ENCODING_VERSION:
+            raise ValueError(f"unknown distribution encoding version {version}")
+        return cls(count, total, minimum, maximum, Sketch.from_bytes(data[_HEADER.size :]))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Distribution):
+            return NotImplemented
+        return self.to_bytes() == other.to_bytes()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Distribution(count={self.count}, sum={self.sum}, min={self.min}, max={self.max})"
+
+
+def from_samples_by_minute(
+    times_ms: Int64Array, values: FloatArray
+) -> list[tuple[int, Distribution]]:
+    """One distribution per minute touched by the samples, ascending by minute.
+
+    Work is vectorized over samples; Python only loops over distinct minutes.
+    """
+    minutes = times_ms - np.mod(times_ms, MINUTE_MS)
+    if minutes.size > 1 and not bool(np.all(minutes[1:] >= minutes[:-1])):
+        order = np.argsort(minutes, kind="stable")
+        minutes, values = minutes[order], values[order]
+    starts = np.flatnonzero(np.concatenate(([True], minutes[1:] != minutes[:-1])))
+    ends = np.append(starts[1:], minutes.size)
+    sums = np.add.reduceat(values, starts)
+    mins = np.minimum.reduceat(values, starts)
+    maxs = np.maximum.reduceat(values, starts)
+    return [
+        (
+            int(minutes[start]),
+            Distribution(
+                end - start,
+                float(sums[i]),
+                float(mins[i]),
+                float(maxs[i]),
+                Sketch.from_values(values[start:end]),
+            ),
+        )
+        for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True))
+    ]

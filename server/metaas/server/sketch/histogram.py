@@ -1,0 +1,215 @@
+"""A log-bucketed quantile sketch (the exponential histogram of OpenTelemetry and
+Prometheus native histograms, at a fixed scale).
+
+A positive value ``v`` falls in bucket ``i`` when ``BASE**i < v <= BASE**(i+1)``
+with ``BASE = 2**(2**-SCALE)``. Negative values use the same mapping on ``-v``
+in a second store; exact zeros (and subnormals) are counted apart. Reporting the
+bucket's harmonic midpoint bounds the relative error of any quantile by
+``(BASE - 1) / (BASE + 1)``: 0.54% at scale 6. Sketches merge by adding counts,
+so minutes, steps and writers combine without losing accuracy.
+
+Bucket indexing is vectorized with numpy; there is no per-sample Python loop.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+SCALE: Final = 6
+BASE: Final = 2.0 ** (2.0**-SCALE)
+RELATIVE_ACCURACY: Final = (BASE - 1.0) / (BASE + 1.0)
+# Values whose magnitude is below the smallest normal double count as zero.
+_MIN_MAGNITUDE: Final = float(np.finfo(np.float64).tiny)
+# A store never spans more buckets than this (128 doublings, about 3e38 from
+# its lowest to its highest value); beyond it the lowest buckets are folded
+# together so hostile input cannot make a sketch grow without bound.
+MAX_BUCKETS: Final = 128 << SCALE
+_ENCODING_VERSION: Final = 1
+
+Int64Array = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+
+def bucket_indices(magnitudes: FloatArray) -> Int64Array:
+    """Bucket index of each strictly positive magnitude."""
+    return np.ceil(np.log2(magnitudes) * float(1 << SCALE)).astype(np.int64) - 1
+
+
+def bucket_value(index: int) -> float:
+    """The value reported for a bucket: its harmonic midpoint."""
+    lower = BASE**index
+    return 2.0 * lower * BASE / (1.0 + BASE)
+
+
+class _Store:
+    """Dense counts for a contiguous range of bucket indices."""
+
+    __slots__ = ("counts", "offset")
+
+    def __init__(self, offset: int = 0, counts: Int64Array | None = None) -> None:
+        self.offset = offset
+        self.counts: Int64Array = counts if counts is not None else np.zeros(0, np.int64)
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def copy(self) -> _Store:
+        return _Store(self.offset, self.counts.copy())
+
+    def add_indices(self, indices: Int64Array) -> None:
+        if indices.size == 0:
+            return
+        low = int(indices.min())
+        self._add_dense(low, np.bincount(indices - low).astype(np.int64))
+
+    def merge(self, other: _Store) -> None:
+        if other.counts.size:
+            self._add_dense(other.offset, other.counts)
+
+    def _add_dense(self, offset: int, counts: Int64Array) -> None:
+        if self.counts.size == 0:
+            self.offset, self.counts = offset, counts.copy()
+        else:
+            low = min(self.offset, offset)
+            high = max(self.offset + self.counts.size, offset + counts.size)
+            if low != self.offset or high != self.offset + self.counts.size:
+                grown = np.zeros(high - low, np.int64)
+                grown[self.offset - low : self.offset - low + self.counts.size] = self.counts
+                self.offset, self.counts = low, grown
+            start = offset - self.offset
+            self.counts[start : start + counts.size] += counts
+        self._limit_width()
+
+    def _limit_width(self) -> None:
+        excess = self.counts.size - MAX_BUCKETS
+        if excess > 0:
+            folded = self.counts[excess:].copy()
+            folded[0] += int(self.counts[:excess].sum())
+            self.offset, self.counts = self.offset + excess, folded
+
+    def trimmed(self) -> _Store:
+        """The same counts without empty buckets at either end."""
+        nonzero = np.flatnonzero(self.counts)
+        if nonzero.size == 0:
+            return _Store()
+        first, last = int(nonzero[0]), int(nonzero[-1])
+        return _Store(self.offset + first, self.counts[first : last + 1].copy())
+
+
+class Sketch:
+    """Counts of values per logarithmic bucket; see the module docstring."""
+
+    __slots__ = ("_negative", "_positive", "zero_count")
+
+    def __init__(self) -> None:
+        self._positive = _Store()
+        self._negative = _Store()
+        self.zero_count = 0
+
+    @classmethod
+    def from_values(cls, values: FloatArray) -> Sketch:
+        sketch = cls()
+        sketch.add(values)
+        return sketch
+
+    @property
+    def count(self) -> int:
+        return self._positive.total + self._negative.total + self.zero_count
+
+    def add(self, values: FloatArray) -> None:
+        """Add finite values (the caller rejects NaN and infinities)."""
+        magnitudes = np.abs(values)
+        significant = magnitudes >= _MIN_MAGNITUDE
+        self.zero_count += int(values.size - np.count_nonzero(significant))
+        positive = significant & (values > 0)
+        self._positive.add_indices(bucket_indices(magnitudes[positive]))
+        negative = significant & (values < 0)
+        if negative.any():
+            self._negative.add_indices(bucket_indices(magnitudes[negative]))
+
+    def merge(self, other: Sketch) -> None:
+        self._positive.merge(other._positive)
+        self._negative.merge(other._negative)
+        self.zero_count += other.zero_count
+
+    def copy(self) -> Sketch:
+        twin = Sketch()
+        twin._positive = self._positive.copy()
+        twin._negative = self._negative.copy()
+        twin.zero_count = self.zero_count
+        return twin
+
+    def quantiles(self, fractions: list[float]) -> list[float]:
+        """Estimate each quantile (0 <= q <= 1) with the rank convention of
+        numpy's default ``percentile``: position ``q * (count - 1)``."""
+        total = self.count
+        if total == 0:
+            return [float("nan")] * len(fractions)
+        # Buckets in ascending value order: negatives from the largest
+        # magnitude down, then zero, then positives.
+        negative_counts = self._negative.counts[::-1]
+        counts = np.concatenate(
+            [negative_counts, np.array([self.zero_count], np.int64), self._positive.counts]
+        )
+        cumulative = np.cumsum(counts)
+        ranks = np.array(fractions, np.float64) * (total - 1)
+        positions = np.searchsorted(cumulative, ranks, side="right")
+        results: list[float] = []
+        n_negative = negative_counts.size
+        for position in positions.tolist():
+            if position < n_negative:
+                index = self._negative.offset + self._negative.counts.size - 1 - position
+                results.append(-bucket_value(index))
+            elif position == n_negative:
+                results.append(0.0)
+            else:
+                results.append(bucket_value(self._positive.offset + position - n_negative - 1))
+        return results
+
+    def to_bytes(self) -> bytes:
+        """Compact encoding: version, zero count, then each store as offset,
+        length, width of a count in bytes, and little-endian counts."""
+        parts = [struct.pack("<BQ", _ENCODING_VERSION, self.zero_count)]
+        for store in (self._positive.trimmed(), self._negative.trimmed()):
+            width = _count_width(store.counts)
+            parts.append(struct.pack("<iIB", store.offset, store.counts.size, width))
+            parts.append(store.counts.astype(f"<u{width}").tobytes())
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Sketch:
+        version, zero_count = struct.unpack_from("<BQ", data, 0)
+        if version != _ENCODING_VERSION:
+            raise ValueError(f"unknown sketch encoding version {version}")
+        sketch = cls()
+        sketch.zero_count = zero_count
+        position = struct.calcsize("<BQ")
+        stores = []
+        for _ in range(2):
+            offset, length, width = struct.unpack_from("<iIB", data, position)
+            position += struct.calcsize("<iIB")
+            raw = np.frombuffer(data, f"<u{width}", count=length, offset=position)
+            position += length * width
+            stores.append(_Store(offset, raw.astype(np.int64)))
+        sketch._positive, sketch._negative = stores
+        return sketch
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sketch):
+            return NotImplemented
+        return self.to_bytes() == other.to_bytes()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+
+def _count_width(counts: Int64Array) -> int:
+    peak = int(counts.max()) if counts.size else 0
+    for width in (1, 2, 4):
+        if peak < 1 << (8 * width):
+            return width
+    return 8

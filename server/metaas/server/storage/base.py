@@ -1,0 +1,52 @@
+"""The storage contract: small Protocols split by role.
+
+Callers depend on these Protocols, never on a driver. Every backend lives in
+its own subpackage, translates its errors into :mod:`metaas.server.storage.errors`
+and passes the conformance suite in ``tests/conformance``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from metaas.server.model import Partial, PartialKey, SeriesKey
+
+
+class PartialWriter(Protocol):
+    async def write_partials(self, partials: Sequence[Partial]) -> None:
+        """Upsert each partial by its key. Idempotent: writing the same
+        partials again changes nothing. All are written when it returns."""
+        ...
+
+
+class PartialReader(Protocol):
+    async def read_partials(
+        self, app: str, metric: str, start_ms: int, end_ms: int
+    ) -> Sequence[Partial]:
+        """Every partial of the metric with ``start_ms <= minute < end_ms``,
+        from every writer, in any order."""
+        ...
+
+    async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:
+        """The stored partials among ``keys``; absent keys are left out."""
+        ...
+
+    async def list_series(
+        self, app: str, start_ms: int, end_ms: int, metric: str | None = None
+    ) -> Sequence[SeriesKey]:
+        """Distinct series of the app with data in ``[start_ms, end_ms)``."""
+        ...
+
+
+class Storage(PartialReader, PartialWriter, Protocol):
+    """A backend: reader and writer, with a name and a lifecycle."""
+
+    @property
+    def name(self) -> str:
+        """Short backend name reported as ``served_by``, e.g. ``sqlite``."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the storage is unusable afterwards."""
+        ...

@@ -1,0 +1,202 @@
+"""SQLite backend. sqlite3 blocks, so each connection lives on its own thread:
+one for writes, one for reads (WAL journal mode lets them run concurrently)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final, TypeVar
+
+from metaas.server.clock import Clock
+from metaas.server.model import Partial, PartialKey, SeriesKey, decode_labels
+from metaas.server.sketch import Distribution
+from metaas.server.storage.errors import Invalid, StorageError, Unavailable
+from metaas.server.storage.sqlite import schema
+from metaas.server.storage.sqlite.config import SqliteConfig
+
+_T = TypeVar("_T")
+_NAME: Final = "sqlite"
+# Expired rows are deleted at most this often (reads filter them regardless).
+_PURGE_EVERY_MS: Final = 60_000
+
+
+class SqliteStorage:
+    """Implements :class:`metaas.server.storage.base.Storage` on one file."""
+
+    def __init__(self, config: SqliteConfig, *, retention_ms: int, clock: Clock) -> None:
+        self._config = config
+        self._retention_ms = retention_ms
+        self._clock = clock
+        self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
+        self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._last_purge_ms = 0
+
+    @property
+    def name(self) -> str:
+        return _NAME
+
+    async def open(self) -> None:
+        """Create the file and schema if needed and open both connections."""
+        self._writer = await self._run(self._writer_thread, self._connect, True)
+        self._reader = await self._run(self._reader_thread, self._connect, False)
+
+    def _connect(self, apply_schema: bool) -> sqlite3.Connection:
+        self._config.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self._config.path, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(f"PRAGMA synchronous={self._config.synchronous}")
+        connection.execute("PRAGMA busy_timeout=5000")
+        if apply_schema:
+            schema.apply(connection)
+        return connection
+
+    async def close(self) -> None:
+        for executor, connection in (
+            (self._writer_thread, self._writer),
+            (self._reader_thread, self._reader),
+        ):
+            if connection is not None:
+                await self._run(executor, connection.close)
+            executor.shutdown(wait=True)
+        self._writer = self._reader = None
+
+    async def write_partials(self, partials: Sequence[Partial]) -> None:
+        if not partials:
+            return
+        rows = [
+            (
+                p.series.app,
+                p.series.metric,
+                p.minute_ms,
+                p.series.labels_key,
+                p.writer,
+                p.epoch,
+                p.distribution.to_bytes(),
+            )
+            for p in partials
+        ]
+        now = self._clock.now_ms()
+        purge_before = None
+        if now - self._last_purge_ms >= _PURGE_EVERY_MS:
+            self._last_purge_ms = now
+            purge_before = now - self._retention_ms
+        await self._run(self._writer_thread, self._write_sync, rows, purge_before)
+
+    def _write_sync(self, rows: list[tuple[object, ...]], purge_before: int | None) -> None:
+        connection = _require(self._writer)
+        with connection:
+            connection.executemany(
+                "INSERT OR REPLACE INTO partials "
+                "(app, metric, minute, labels, writer, epoch, distribution) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            if purge_before is not None:
+                connection.execute("DELETE FROM partials WHERE minute < ?", (purge_before,))
+
+    async def read_partials(
+        self, app: str, metric: str, start_ms: int, end_ms: int
+    ) -> Sequence[Partial]:
+        start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
+        rows = await self._run(
+            self._reader_thread, self._select_range, app, metric, start_ms, end_ms
+        )
+        return [
+            Partial(
+                SeriesKey(app, metric, decode_labels(labels)),
+                minute,
+                writer,
+                epoch,
+                Distribution.from_bytes(blob),
+            )
+            for minute, labels, writer, epoch, blob in rows
+        ]
+
+    def _select_range(
+        self, app: str, metric: str, start_ms: int, end_ms: int
+    ) -> list[tuple[int, str, str, int, bytes]]:
+        cursor = _require(self._reader).execute(
+            "SELECT minute, labels, writer, epoch, distribution FROM partials "
+            "WHERE app = ? AND metric = ? AND minute >= ? AND minute < ?",
+            (app, metric, start_ms, end_ms),
+        )
+        return cursor.fetchall()
+
+    async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:
+        if not keys:
+            return {}
+        cutoff = self._clock.now_ms() - self._retention_ms
+        found = await self._run(self._reader_thread, self._select_keys, keys)
+        return {
+            key: Partial(
+                key.series, key.minute_ms, key.writer, epoch, Distribution.from_bytes(blob)
+            )
+            for key, (epoch, blob) in found.items()
+            if key.minute_ms >= cutoff
+        }
+
+    def _select_keys(self, keys: Sequence[PartialKey]) -> dict[PartialKey, tuple[int, bytes]]:
+        connection = _require(self._reader)
+        found: dict[PartialKey, tuple[int, bytes]] = {}
+        for key in keys:
+            row = connection.execute(
+                "SELECT epoch, distribution FROM partials WHERE app = ? AND metric = ? "
+                "AND minute = ? AND labels = ? AND writer = ?",
+                (
+                    key.series.app,
+                    key.series.metric,
+                    key.minute_ms,
+                    key.series.labels_key,
+                    key.writer,
+                ),
+            ).fetchone()
+            if row is not None:
+                found[key] = (row[0], row[1])
+        return found
+
+    async def list_series(
+        self, app: str, start_ms: int, end_ms: int, metric: str | None = None
+    ) -> Sequence[SeriesKey]:
+        start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
+        rows = await self._run(
+            self._reader_thread, self._select_series, app, start_ms, end_ms, metric
+        )
+        return [SeriesKey(app, m, decode_labels(labels)) for m, labels in rows]
+
+    def _select_series(
+        self, app: str, start_ms: int, end_ms: int, metric: str | None
+    ) -> list[tuple[str, str]]:
+        sql = (
+            "SELECT DISTINCT metric, labels FROM partials "
+            "WHERE app = ? AND minute >= ? AND minute < ?"
+        )
+        params: tuple[object, ...] = (app, start_ms, end_ms)
+        if metric is not None:
+            sql += " AND metric = ?"
+            params += (metric,)
+        return _require(self._reader).execute(sql + " ORDER BY metric, labels", params).fetchall()
+
+    async def _run(
+        self, executor: ThreadPoolExecutor, function: Callable[..., _T], *args: object
+    ) -> _T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
+        except sqlite3.OperationalError as error:
+            # Locked, busy, disk I/O or full: the file may work again later.
+            raise Unavailable(str(error), backend=_NAME) from error
+        except sqlite3.DatabaseError as error:
+            raise Invalid(str(error), backend=_NAME) from error
+        except OSError as error:
+            raise Unavailable(str(error), backend=_NAME) from error
+        except RuntimeError as error:
+            raise StorageError(str(error), backend=_NAME) from error
+
+
+def _require(connection: sqlite3.Connection | None) -> sqlite3.Connection:
+    if connection is None:
+        raise Unavailable("storage is not open", backend=_NAME)
+    return connection
