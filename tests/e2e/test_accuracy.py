@@ -57,7 +57,8 @@ def loaded(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
                     step_ms=10 * MINUTE,
                     stats=["count"],
                 )
-                assert result.series and result.series[0].stats["count"] == (float(n),)
+                assert result.series
+                assert result.series[0].stats["count"] == (float(n),)
 
             eventually(all_visible)
         yield server, start, times, values, dyno, status
