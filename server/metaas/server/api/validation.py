@@ -93,14 +93,11 @@ def validate_write(
     limits: LimitsConfig,
 ) -> tuple[list[SeriesBatch], int]:
     """The request's batches and sample count, or RequestError."""
+    v = _Violations()
     size = request.ByteSize()
     if size > limits.max_request_bytes:
-        raise RequestError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"request is {size} bytes; at most {limits.max_request_bytes}: split it",
-            [("series", f"request is {size} bytes; at most {limits.max_request_bytes}")],
-        )
-    v = _Violations()
+        v.add("series", f"request is {size} bytes; at most {limits.max_request_bytes}: split it")
+        v.raise_if_any(grpc.StatusCode.RESOURCE_EXHAUSTED)
     if len(request.series) > limits.max_series_per_request:
         v.add(
             "series", f"has {len(request.series)} series; at most {limits.max_series_per_request}"
