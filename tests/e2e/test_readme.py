@@ -20,8 +20,13 @@ def grpcurl_blocks() -> list[str]:
 
 def run(block: str, server: ServerProcess) -> subprocess.CompletedProcess[str]:
     script = block.replace("127.0.0.1:50051", server.target)
-    return subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -31,8 +36,13 @@ def _grpcurl_installed() -> None:
 
 
 def test_list_shows_services_without_proto_files(server: ServerProcess) -> None:
-    listed = subprocess.run(["grpcurl", "-plaintext", server.target, "list"], capture_output=True,
-                            text=True, timeout=30, check=True).stdout.split()
+    listed = subprocess.run(
+        ["grpcurl", "-plaintext", server.target, "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.split()
     assert {"metaas.v1.MetricsIngest", "metaas.v1.MetricsQuery", "grpc.health.v1.Health"} <= set(
         listed
     )

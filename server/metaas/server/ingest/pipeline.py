@@ -173,18 +173,23 @@ class IngestPipeline:
             return rows
 
     async def stop(self) -> None:
-        """Stop the flush loop, flush what is left, close the log. A flush
-        that cannot finish leaves its segments for the next start."""
+        """Stop the flush loop, finish recovering earlier runs' segments,
+        flush what is left, close the log. What cannot be stored in time
+        stays in the log for the next start."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         try:
-            await asyncio.wait_for(self.flush(), timeout=30)
+            await asyncio.wait_for(self._final_flush(), timeout=30)
         except (TimeoutError, StorageError) as error:
             log.error("final flush failed (%s); the log will be replayed on next start", error)
         finally:
             await self._wal.close()
+
+    async def _final_flush(self) -> None:
+        await self._recover()
+        await self.flush()
 
     async def _run(self) -> None:
         await self._recover()
@@ -199,18 +204,18 @@ class IngestPipeline:
         cutoff = self._clock.now_ms() - self._retention_ms
         while self._old_segments:
             segment = self._old_segments[0]
-            aggregator = Aggregator(hot_minutes=self._config.hot_minutes, all_incomplete=True)
-            for record in await asyncio.to_thread(_read_records, segment):
-                if isinstance(record, records.WriteRecord):
-                    request = ingest_pb2.WriteRequest.FromString(record.request)
-                    aggregator.apply(
-                        _within_retention(records.batches_from_request(request), cutoff)
-                    )
-            rows = await self._store(
-                aggregator.take_dirty(), writer=segment.generation, epoch=segment.epoch
-            )
-            log.info("recovered wal segment %s (%d rows)", segment.path.name, rows)
-            await self._wal.delete(segment)
+            if segment.path.exists():
+                aggregator = Aggregator(hot_minutes=self._config.hot_minutes, all_incomplete=True)
+                for record in await asyncio.to_thread(_read_records, segment):
+                    if isinstance(record, records.WriteRecord):
+                        request = ingest_pb2.WriteRequest.FromString(record.request)
+                        batches = records.batches_from_request(request)
+                        aggregator.apply(_within_retention(batches, cutoff))
+                rows = await self._store(
+                    aggregator.take_dirty(), writer=segment.generation, epoch=segment.epoch
+                )
+                log.info("recovered wal segment %s (%d rows)", segment.path.name, rows)
+                await self._wal.delete(segment)
             self._old_segments.pop(0)
 
     async def _store(self, pending: list[PendingPartial], *, writer: str, epoch: int) -> int:

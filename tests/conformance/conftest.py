@@ -1,0 +1,49 @@
+"""Backends under test. Each later backend adds itself to BACKENDS; the whole
+suite then runs against it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from metaas.server.storage import Storage, open_storage
+
+RETENTION_MS = 30 * 86_400_000
+
+
+class FixedClock:
+    def __init__(self, now_ms: int) -> None:
+        self.now = now_ms
+
+    def now_ms(self) -> int:
+        return self.now
+
+
+Opener = Callable[[Path, FixedClock], Awaitable[Storage]]
+
+
+async def _sqlite(tmp_path: Path, clock: FixedClock) -> Storage:
+    return await open_storage(
+        f"sqlite:///{tmp_path / 'conformance.db'}", retention_ms=RETENTION_MS, clock=clock
+    )
+
+
+BACKENDS: dict[str, Opener] = {"sqlite": _sqlite}
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(1_800_000_000_000)
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def storage(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FixedClock
+) -> AsyncIterator[Storage]:
+    opened = await BACKENDS[request.param](tmp_path, clock)
+    try:
+        yield opened
+    finally:
+        await opened.close()

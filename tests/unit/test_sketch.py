@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from metaas.server.sketch import RELATIVE_ACCURACY, Distribution, Sketch, from_samples_by_minute
+from metaas.server.sketch.histogram import MAX_BUCKETS
+
+positive = st.floats(min_value=1e-6, max_value=1e9, allow_nan=False)
+# Within a store's dynamic range (MAX_BUCKETS), with zeros and negatives.
+finite = st.one_of(st.just(0.0), positive, positive.map(lambda v: -v))
+QUANTILES = [0.0, 0.01, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(np.float64, st.integers(1, 3000), elements=positive))
+def test_quantiles_within_relative_accuracy_of_numpy(values: np.ndarray) -> None:
+    distribution = Distribution.from_values(values)
+    for q, estimate in zip(QUANTILES, distribution.quantiles(QUANTILES), strict=True):
+        exact = float(np.percentile(values, q * 100))
+        assert abs(estimate - exact) <= RELATIVE_ACCURACY * exact * (1 + 1e-9), (q, estimate, exact)
+
+
+@settings(max_examples=100, deadline=None)
+@given(hnp.arrays(np.float64, st.integers(1, 2000), elements=finite))
+def test_mixed_signs_each_rank_within_accuracy(values: np.ndarray) -> None:
+    """With zeros and negatives, each order statistic is still estimated
+    within the relative accuracy (quantiles at whole ranks)."""
+    ordered = np.sort(values)
+    n = values.size
+    ranks = sorted({0, n // 3, n // 2, (n - 1)})
+    estimates = Sketch.from_values(values).quantiles([r / (n - 1) if n > 1 else 0.0 for r in ranks])
+    for rank, estimate in zip(ranks, estimates, strict=True):
+        exact = ordered[rank]
+        assert abs(estimate - exact) <= RELATIVE_ACCURACY * abs(exact) * (1 + 1e-9), (rank, exact)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(hnp.arrays(np.float64, st.integers(1, 300), elements=finite), min_size=1, max_size=8)
+)
+def test_merge_equals_sketch_of_all_values(parts: list[np.ndarray]) -> None:
+    merged = Distribution()
+    for part in parts:
+        merged.merge(Distribution.from_bytes(Distribution.from_values(part).to_bytes()))
+    everything = np.concatenate(parts)
+    direct = Distribution.from_values(everything)
+    assert merged.sketch == direct.sketch
+    assert merged.count == everything.size
+    assert merged.min == everything.min()
+    assert merged.max == everything.max()
+    assert merged.sum == pytest.approx(everything.sum(), rel=1e-9, abs=1e-6)
+
+
+@given(hnp.arrays(np.float64, st.integers(0, 500), elements=finite))
+def test_encoding_round_trips(values: np.ndarray) -> None:
+    sketch = Sketch.from_values(values)
+    assert Sketch.from_bytes(sketch.to_bytes()) == sketch
+    assert Sketch.from_bytes(sketch.to_bytes()).count == values.size
+
+
+def test_large_counts_encode_with_wider_integers() -> None:
+    sketch = Sketch.from_values(np.full(70_000, 3.0))
+    for _ in range(5):
+        sketch.merge(sketch.copy())
+    decoded = Sketch.from_bytes(sketch.to_bytes())
+    assert decoded.count == 70_000 * 32
+    assert decoded.quantiles([0.5])[0] == pytest.approx(3.0, rel=RELATIVE_ACCURACY)
+
+
+def test_extreme_range_is_bounded_in_size() -> None:
+    values = np.array([1e-300, 1e-100, 1.0, 1e100, 1e300])
+    sketch = Sketch.from_values(values)
+    assert sketch.count == 5
+    assert len(sketch.to_bytes()) < 8 * MAX_BUCKETS
+    # The highest values keep their accuracy; the lowest were folded upwards.
+    assert sketch.quantiles([1.0])[0] == pytest.approx(1e300, rel=RELATIVE_ACCURACY)
+
+
+def test_empty_sketch_quantile_is_nan() -> None:
+    assert math.isnan(Sketch().quantiles([0.5])[0])
+
+
+def test_from_samples_by_minute_groups_exactly() -> None:
+    rng = np.random.default_rng(3)
+    times = rng.integers(1_800_000_000_000, 1_800_000_000_000 + 7 * 60_000, 10_000)
+    values = rng.lognormal(1.0, 1.0, 10_000)
+    groups = from_samples_by_minute(times.astype(np.int64), values)
+    minutes = times - times % 60_000
+    assert [m for m, _ in groups] == sorted(set(minutes.tolist()))
+    for minute, distribution in groups:
+        chosen = values[minutes == minute]
+        assert distribution.count == chosen.size
+        assert distribution.min == chosen.min()
+        assert distribution.max == chosen.max()
+        assert distribution.sum == pytest.approx(chosen.sum(), rel=1e-12)
+        assert distribution.sketch == Sketch.from_values(chosen)
