@@ -43,7 +43,7 @@ async def test_rotation_seals_exactly_the_records_applied_before_it(tmp_path: Pa
     in_first = list(read_segment(segments[0].path))[1:]
     # The snapshot taken at rotation matches the sealed segment's records.
     assert len(in_first) == len(seen)
-    assert list(read_segment(segments[1].path))[0] == b"h2"
+    assert next(read_segment(segments[1].path)) == b"h2"
 
 
 async def test_torn_tail_is_ignored_on_replay(tmp_path: Path) -> None:
