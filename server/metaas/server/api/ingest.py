@@ -39,31 +39,34 @@ class MetricsIngestServicer(ingest_pb2_grpc.MetricsIngestServicer):
     async def Write(
         self, request: ingest_pb2.WriteRequest, context: _Context
     ) -> ingest_pb2.WriteResponse:
-        with rpc_span(self._tracer, SERVICE, "Write") as span:
-            try:
+        try:
+            with rpc_span(self._tracer, SERVICE, "Write") as span:
                 accepted = await self._write(request)
-            except RequestError as error:
-                await abort(context, error)
-            span.set_attribute("metaas.samples", accepted)
-            return ingest_pb2.WriteResponse(accepted_samples=accepted)
+                span.set_attribute("metaas.samples", accepted)
+                return ingest_pb2.WriteResponse(accepted_samples=accepted)
+        except RequestError as error:
+            await abort(context, error)
 
     async def WriteStream(
         self, request_iterator: AsyncIterator[ingest_pb2.WriteRequest], context: _Context
     ) -> ingest_pb2.WriteResponse:
         """Each message is validated and applied on its own, in order; an
         invalid one ends the stream with its error, prefixed by its index."""
-        with rpc_span(self._tracer, SERVICE, "WriteStream") as span:
-            total = 0
-            index = 0
-            async for request in request_iterator:
-                try:
-                    total += await self._write(request)
-                except RequestError as error:
-                    await abort(context, _in_message(error, index, total))
-                index += 1
-            span.set_attribute("metaas.samples", total)
-            span.set_attribute("metaas.messages", index)
-            return ingest_pb2.WriteResponse(accepted_samples=total)
+        try:
+            with rpc_span(self._tracer, SERVICE, "WriteStream") as span:
+                total = 0
+                index = 0
+                async for request in request_iterator:
+                    try:
+                        total += await self._write(request)
+                    except RequestError as error:
+                        raise _in_message(error, index, total) from error
+                    index += 1
+                span.set_attribute("metaas.samples", total)
+                span.set_attribute("metaas.messages", index)
+                return ingest_pb2.WriteResponse(accepted_samples=total)
+        except RequestError as error:
+            await abort(context, error)
 
     async def _write(self, request: ingest_pb2.WriteRequest) -> int:
         batches, accepted = validate_write(

@@ -42,29 +42,34 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
             query_pb2.QueryRangeRequest, query_pb2.QueryRangeResponse
         ],
     ) -> query_pb2.QueryRangeResponse:
-        with rpc_span(self._tracer, SERVICE, "QueryRange") as span:
-            try:
-                query = validate_query(request, limits=self._limits)
-                groups = await _storage_call(self._engine.query_range(query))
-            except RequestError as error:
-                await abort(context, error)
-            span.set_attribute("metaas.result.series", len(groups))
-            span.set_attribute("metaas.served_by", self._storage.name)
-            names = [s.name for s in query.stats]
-            return query_pb2.QueryRangeResponse(
-                served_by=self._storage.name,
-                series=[
-                    query_pb2.ResultSeries(
-                        labels=dict(group.labels),
-                        times_ms=group.times_ms,
-                        stats=[
-                            query_pb2.StatValues(stat=name, values=values)
-                            for name, values in zip(names, group.values, strict=True)
-                        ],
-                    )
-                    for group in groups
-                ],
-            )
+        try:
+            with rpc_span(self._tracer, SERVICE, "QueryRange") as span:
+                return await self._query_range(request, span)
+        except RequestError as error:
+            await abort(context, error)
+
+    async def _query_range(
+        self, request: query_pb2.QueryRangeRequest, span: trace.Span
+    ) -> query_pb2.QueryRangeResponse:
+        query = validate_query(request, limits=self._limits)
+        groups = await _storage_call(self._engine.query_range(query))
+        span.set_attribute("metaas.result.series", len(groups))
+        span.set_attribute("metaas.served_by", self._storage.name)
+        names = [s.name for s in query.stats]
+        return query_pb2.QueryRangeResponse(
+            served_by=self._storage.name,
+            series=[
+                query_pb2.ResultSeries(
+                    labels=dict(group.labels),
+                    times_ms=group.times_ms,
+                    stats=[
+                        query_pb2.StatValues(stat=name, values=values)
+                        for name, values in zip(names, group.values, strict=True)
+                    ],
+                )
+                for group in groups
+            ],
+        )
 
     async def ListSeries(
         self,
@@ -73,23 +78,28 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
             query_pb2.ListSeriesRequest, query_pb2.ListSeriesResponse
         ],
     ) -> query_pb2.ListSeriesResponse:
-        with rpc_span(self._tracer, SERVICE, "ListSeries"):
-            try:
-                validate_list_series(request, limits=self._limits)
-                found = await _storage_call(
-                    self._storage.list_series(
-                        request.app, request.start_ms, request.end_ms, request.metric or None
-                    )
-                )
-            except RequestError as error:
-                await abort(context, error)
-            ordered = sorted(found, key=lambda s: (s.metric, s.labels))
-            return query_pb2.ListSeriesResponse(
-                series=[
-                    query_pb2.SeriesDescriptor(metric=s.metric, labels=s.label_map) for s in ordered
-                ],
-                metrics=sorted({s.metric for s in ordered}),
+        try:
+            with rpc_span(self._tracer, SERVICE, "ListSeries"):
+                return await self._list_series(request)
+        except RequestError as error:
+            await abort(context, error)
+
+    async def _list_series(
+        self, request: query_pb2.ListSeriesRequest
+    ) -> query_pb2.ListSeriesResponse:
+        validate_list_series(request, limits=self._limits)
+        found = await _storage_call(
+            self._storage.list_series(
+                request.app, request.start_ms, request.end_ms, request.metric or None
             )
+        )
+        ordered = sorted(found, key=lambda s: (s.metric, s.labels))
+        return query_pb2.ListSeriesResponse(
+            series=[
+                query_pb2.SeriesDescriptor(metric=s.metric, labels=s.label_map) for s in ordered
+            ],
+            metrics=sorted({s.metric for s in ordered}),
+        )
 
 
 async def _storage_call(call: Awaitable[_T]) -> _T:

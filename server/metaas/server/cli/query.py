@@ -58,6 +58,7 @@ def query(
     """Query per-step statistics of a metric."""
     end_ms = end if end is not None else time.time_ns() // 1_000_000
     start_ms = start if start is not None else end_ms - since
+    start_ms -= start_ms % 60_000  # buckets on minute boundaries read better
     names = [s.strip() for s in stats.split(",") if s.strip()]
     try:
         with Client(target) as client:

@@ -1,0 +1,179 @@
+"""The metaas command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from tests.support import METAAS, ServerProcess, eventually
+
+MINUTE = 60_000
+
+
+def metaas(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [METAAS, *args], input=stdin, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def query_json(server: ServerProcess, *args: str) -> dict[str, object]:
+    result = metaas("query", "--target", server.target, "--json", *args)
+    assert result.returncode == 0, result.stderr
+    parsed: dict[str, object] = json.loads(result.stdout)
+    return parsed
+
+
+def test_write_jsonl_and_csv_then_query(server: ServerProcess, tmp_path: Path) -> None:
+    now = time.time_ns() // 1_000_000
+    minute = now - now % MINUTE - 2 * MINUTE
+    lines = [
+        json.dumps(
+            {
+                "app": "cli",
+                "metric": "lat",
+                "labels": {"dyno": "web.1"},
+                "time_ms": minute + i,
+                "value": float(i),
+            }
+        )
+        for i in range(1, 101)
+    ]
+    lines.append(
+        json.dumps(
+            {
+                "app": "cli",
+                "metric": "lat",
+                "labels": {"dyno": "web.2"},
+                "times_ms": [minute, minute + 1],
+                "values": [1000.0, 2000.0],
+            }
+        )
+    )
+    jsonl = tmp_path / "samples.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    written = metaas("write", "--target", server.target, str(jsonl), "--batch-size", "30")
+    assert written.returncode == 0, written.stderr
+    assert "wrote 102 samples in 2 series" in written.stdout
+
+    csv = tmp_path / "samples.csv"
+    csv.write_text(
+        f"app,metric,time_ms,value,dyno\ncli,lat,{minute},5,web.3\ncli,lat,{minute},7,web.3\n"
+    )
+    assert metaas("write", "--target", server.target, str(csv)).returncode == 0
+
+    def visible() -> dict[str, object]:
+        body = query_json(
+            server,
+            "--app",
+            "cli",
+            "--metric",
+            "lat",
+            "--since",
+            "10m",
+            "--stats",
+            "count,max",
+            "--group-by",
+            "dyno",
+        )
+        assert len(body["series"]) == 3  # type: ignore[arg-type]
+        return body
+
+    body = eventually(visible)
+    by_dyno = {s["labels"]["dyno"]: s["stats"] for s in body["series"]}  # type: ignore[attr-defined]
+    assert sum(by_dyno["web.1"]["count"]) == 100
+    assert max(by_dyno["web.1"]["max"]) == 100.0
+    assert by_dyno["web.2"]["max"] == [2000.0]
+    assert by_dyno["web.3"]["count"] == [2.0]
+
+    table = metaas(
+        "query",
+        "--target",
+        server.target,
+        "--app",
+        "cli",
+        "--metric",
+        "lat",
+        "--since",
+        "10m",
+        "--stats",
+        "count,p99",
+    )
+    assert table.returncode == 0
+    assert "served by sqlite" in table.stdout
+    assert "p99" in table.stdout
+
+
+def test_demo_generates_traffic_with_progress(server: ServerProcess) -> None:
+    result = metaas(
+        "demo",
+        "--target",
+        server.target,
+        "--apps",
+        "2",
+        "--minutes",
+        "3",
+        "--dynos",
+        "2",
+        "--rpm",
+        "50",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "for 2 apps over 3 minutes" in result.stdout
+
+    def latency_by_status() -> None:
+        body = query_json(
+            server,
+            "--app",
+            "demo-1",
+            "--metric",
+            "router.latency_ms",
+            "--since",
+            "10m",
+            "--stats",
+            "count",
+            "--group-by",
+            "status",
+        )
+        assert {s["labels"]["status"] for s in body["series"]} >= {"2xx", "5xx"}  # type: ignore[attr-defined]
+
+    eventually(latency_by_status)
+    listed = metaas(
+        "query",
+        "--target",
+        server.target,
+        "--app",
+        "demo-0",
+        "--metric",
+        "dyno.memory_mb",
+        "--since",
+        "10m",
+        "--json",
+    )
+    assert json.loads(listed.stdout)["series"]
+
+
+def test_errors_name_the_field_and_exit_nonzero(server: ServerProcess, tmp_path: Path) -> None:
+    bad = metaas(
+        "query", "--target", server.target, "--app", "cli", "--metric", "lat", "--stats", "p42"
+    )
+    assert bad.returncode != 0
+    assert "stats[0]" in bad.stderr
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"app": "x"}\n')
+    result = metaas("write", "--target", server.target, str(broken))
+    assert result.returncode != 0
+    assert "line 1" in result.stderr
+
+
+def test_bad_settings_fail_fast_naming_the_setting(tmp_path: Path) -> None:
+    for args, named in [
+        (["--listen", "nonsense"], "--listen"),
+        (["--flush-interval-s", "0"], "--flush-interval-s"),
+        (["--retention-days", "0"], "--retention-days"),
+        (["--storage", "mysql://x"], "--storage"),
+    ]:
+        result = metaas("serve", "--wal-dir", str(tmp_path / "wal"), *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert named in result.stderr, (args, result.stderr)
