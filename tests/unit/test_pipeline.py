@@ -136,3 +136,46 @@ async def test_recovery_stores_unflushed_log_under_the_old_writer(
     )
     assert [s.name for s in wal.iterdir()] != []
     assert all(second.generation in s.name for s in wal.iterdir()), list(wal.iterdir())
+
+
+async def test_retry_of_a_cancelled_write_is_applied_once(
+    tmp_path: Path, storage: Storage, clock: FixedClock
+) -> None:
+    p = pipeline(tmp_path / "wal", storage, clock)
+    await p.start()
+    first = asyncio.create_task(write(p, clock, [START - MINUTE] * 5, key="k"))
+    await asyncio.sleep(0)  # appended, waiting for the disk
+    first.cancel()  # the client's deadline expired
+    assert await write(p, clock, [START - MINUTE] * 5, key="k") == 5
+    await p.stop()
+    assert await stored_count(storage) == 5
+
+
+async def test_flush_loop_survives_a_failing_disk(
+    tmp_path: Path, storage: Storage, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = IngestConfig(wal_dir=tmp_path / "wal", flush_interval_s=0.05)
+    p = IngestPipeline(
+        config, retention_ms=RETENTION_MS, storage=storage, clock=clock, telemetry=noop()
+    )
+    await p.start()
+    await write(p, clock, [START - MINUTE] * 3)
+    real = p._wal._start_segment
+    failures = []
+
+    def full_disk(epoch: int, head: bytes) -> None:
+        if len(failures) < 3:
+            failures.append(epoch)
+            raise OSError(28, "No space left on device")
+        real(epoch, head)
+
+    monkeypatch.setattr(p._wal, "_start_segment", full_disk)
+    for _ in range(100):
+        if await stored_count(storage) == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert failures == [2, 2, 2]  # the same rotation retried, no stray segment left
+    assert await stored_count(storage) == 3
+    await write(p, clock, [START - MINUTE] * 2)
+    await p.stop()
+    assert await stored_count(storage) == 5

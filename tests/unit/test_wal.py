@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from metaas.server.ingest.wal import WriteAheadLog, list_segments, read_segment
+from metaas.server.ingest.wal import WalError, WriteAheadLog, list_segments, read_segment
 
 GENERATION = "00112233445566ff"
 
@@ -82,3 +82,28 @@ async def test_delete_through_keeps_the_open_segment(tmp_path: Path) -> None:
     await wal.delete_through(10)
     await wal.close()
     assert [s.epoch for s in list_segments(tmp_path)] == [4]
+
+
+async def test_failed_write_leaves_nothing_behind_and_log_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from metaas.server.ingest import wal as wal_module
+
+    wal = WriteAheadLog(tmp_path, GENERATION)
+    await wal.open(b"head")
+    real = wal_module._write_all
+
+    def half_then_full_disk(fd: int, data: memoryview) -> None:
+        real(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(wal_module, "_write_all", half_then_full_disk)
+    applied: list[bytes] = []
+    with pytest.raises(WalError):
+        await wal.append(b"rejected", lambda: applied.append(b"rejected"))
+    monkeypatch.setattr(wal_module, "_write_all", real)
+    await wal.append(b"accepted", lambda: applied.append(b"accepted"))
+    await wal.close()
+    assert applied == [b"accepted"]
+    (segment,) = list_segments(tmp_path)
+    assert list(read_segment(segment.path)) == [b"head", b"accepted"]

@@ -6,7 +6,7 @@ import asyncio
 from collections import OrderedDict
 
 from metaas.server.clock import Clock
-from metaas.server.ingest.records import KeyEntry
+from metaas.server.ingest.records import KeyEntry, WriteRecord
 
 
 class IdempotencyKeys:
@@ -33,17 +33,25 @@ class IdempotencyKeys:
     def in_flight(self, key: str) -> asyncio.Future[int] | None:
         return self._in_flight.get(key)
 
-    def begin(self, key: str) -> asyncio.Future[int]:
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
-        return future
+    def begin(self, key: str, attempt: asyncio.Future[int]) -> None:
+        """Mark ``key`` in flight until ``attempt`` is done."""
+        self._in_flight[key] = attempt
+        attempt.add_done_callback(lambda done: self._finish(key, done))
 
-    def finish(self, key: str, future: asyncio.Future[int]) -> None:
-        if self._in_flight.get(key) is future:
+    def _finish(self, key: str, attempt: asyncio.Future[int]) -> None:
+        if self._in_flight.get(key) is attempt:
             del self._in_flight[key]
+        if not attempt.cancelled():
+            attempt.exception()  # retrieved: each waiter got its own copy
 
     def record(self, key: str, accepted: int, recorded_ms: int) -> None:
         self.restore(KeyEntry(key, accepted, recorded_ms + self._window_ms))
+
+    def entry(self, record: WriteRecord) -> KeyEntry:
+        """The entry a logged write leaves behind."""
+        return KeyEntry(
+            record.idempotency_key, record.accepted, record.recorded_ms + self._window_ms
+        )
 
     def restore(self, entry: KeyEntry) -> None:
         if entry.expires_ms <= self._clock.now_ms():

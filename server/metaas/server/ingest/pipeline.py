@@ -86,16 +86,16 @@ class IngestPipeline:
         """Reload idempotency keys from earlier runs' log segments, open this
         run's log, and start flushing (recovery of earlier segments first)."""
         self._old_segments = await asyncio.to_thread(list_segments, self._config.wal_dir)
+        restored: list[records.KeyEntry] = []
         for segment in self._old_segments:
             for record in await asyncio.to_thread(_read_records, segment):
-                if isinstance(record, records.WriteRecord):
-                    if record.idempotency_key:
-                        self._keys.record(
-                            record.idempotency_key, record.accepted, record.recorded_ms
-                        )
-                else:
-                    for entry in record:
-                        self._keys.restore(entry)
+                if isinstance(record, list):
+                    restored.extend(record)
+                elif record.idempotency_key:
+                    restored.append(self._keys.entry(record))
+        # Oldest first, so the bound on the number of keys drops the oldest.
+        for entry in sorted(restored, key=lambda e: e.expires_ms):
+            self._keys.restore(entry)
         await self._wal.open(records.encode_keys(self._keys.snapshot()))
         self._task = asyncio.create_task(self._run(), name="ingest-flusher")
 
@@ -113,20 +113,12 @@ class IngestPipeline:
         first = self._keys.in_flight(key)
         if first is not None:
             return await asyncio.shield(first)
-        future = self._keys.begin(key)
-        try:
-            result = await self._append(request, batches, accepted, key)
-        except BaseException as error:
-            future.set_exception(
-                error if isinstance(error, Exception) else asyncio.CancelledError()
-            )
-            future.exception()  # retrieved here; concurrent retries see it too
-            raise
-        else:
-            future.set_result(result)
-            return result
-        finally:
-            self._keys.finish(key, future)
+        # The key stays in flight until the log has resolved the append, even
+        # if this caller is cancelled meanwhile (the record may still be
+        # applied), so a retry never appends the same request twice.
+        task = asyncio.ensure_future(self._append(request, batches, accepted, key))
+        self._keys.begin(key, task)
+        return await asyncio.shield(task)
 
     async def _append(
         self,
@@ -182,8 +174,8 @@ class IngestPipeline:
                 await self._task
         try:
             await asyncio.wait_for(self._final_flush(), timeout=30)
-        except (TimeoutError, StorageError) as error:
-            log.error("final flush failed (%s); the log will be replayed on next start", error)
+        except Exception as error:  # noqa: BLE001 - the log keeps the data; say why
+            log.error("final flush failed (%r); the log will be replayed on next start", error)
         finally:
             await self._wal.close()
 
@@ -192,11 +184,23 @@ class IngestPipeline:
         await self.flush()
 
     async def _run(self) -> None:
-        await self._recover()
-        interval = self._config.flush_interval_s
+        """Recover, then flush every interval. An unexpected error (disk full
+        while starting a segment, say) is logged and retried with backoff;
+        it never stops flushing for good."""
+        delays = backoff(base_s=self._config.flush_interval_s, cap_s=30.0)
+        recovered = False
         while True:
-            await asyncio.sleep(interval)
-            await self.flush()
+            try:
+                if not recovered:
+                    await self._recover()
+                    recovered = True
+                await asyncio.sleep(self._config.flush_interval_s)
+                await self.flush()
+                delays = backoff(base_s=self._config.flush_interval_s, cap_s=30.0)
+            except Exception:
+                log.exception("flush loop failed; retrying")
+                self._flush_errors.add(1, {"retryable": True})
+                await asyncio.sleep(next(delays))
 
     async def _recover(self) -> None:
         """Store the data of earlier runs' segments under their own writer
@@ -205,12 +209,9 @@ class IngestPipeline:
         while self._old_segments:
             segment = self._old_segments[0]
             if segment.path.exists():
-                aggregator = Aggregator(hot_minutes=self._config.hot_minutes, all_incomplete=True)
-                for record in await asyncio.to_thread(_read_records, segment):
-                    if isinstance(record, records.WriteRecord):
-                        request = ingest_pb2.WriteRequest.FromString(record.request)
-                        batches = records.batches_from_request(request)
-                        aggregator.apply(_within_retention(batches, cutoff))
+                aggregator = await asyncio.to_thread(
+                    _aggregate_segment, segment, self._config.hot_minutes, cutoff
+                )
                 rows = await self._store(
                     aggregator.take_dirty(), writer=segment.generation, epoch=segment.epoch
                 )
@@ -236,7 +237,20 @@ class IngestPipeline:
 
 
 def _read_records(segment: Segment) -> list[records.WriteRecord | list[records.KeyEntry]]:
-    return [records.decode(payload) for payload in read_segment(segment.path)]
+    try:
+        return [records.decode(payload) for payload in read_segment(segment.path)]
+    except FileNotFoundError:  # recovered and deleted by an interrupted earlier pass
+        return []
+
+
+def _aggregate_segment(segment: Segment, hot_minutes: int, cutoff_ms: int) -> Aggregator:
+    """A segment's writes as deltas (runs on a worker thread)."""
+    aggregator = Aggregator(hot_minutes=hot_minutes, all_incomplete=True)
+    for record in _read_records(segment):
+        if isinstance(record, records.WriteRecord):
+            request = ingest_pb2.WriteRequest.FromString(record.request)
+            aggregator.apply(_within_retention(records.batches_from_request(request), cutoff_ms))
+    return aggregator
 
 
 def _within_retention(batches: list[SeriesBatch], cutoff_ms: int) -> list[SeriesBatch]:

@@ -17,6 +17,8 @@ in storage. Frames are ``length, crc32, payload``; a torn or corrupt tail
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
 import re
@@ -26,7 +28,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, TypeVar
+from typing import Any, Final, TypeVar
 
 _T = TypeVar("_T")
 _FRAME: Final = struct.Struct("<II")
@@ -102,7 +104,8 @@ class WriteAheadLog:
         self._lock = asyncio.Lock()
         self._pending: list[_Append] = []
         self._writer: asyncio.Task[None] | None = None
-        self._file: IO[bytes] | None = None
+        self._fd: int | None = None
+        self._size = 0  # bytes in the open segment
         self._epoch = 0
         self._failed: str | None = None
         self.bytes_written = 0
@@ -154,9 +157,7 @@ class WriteAheadLog:
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
         async with self._lock:
-            if self._file is not None:
-                await self._in_thread(self._file.close)
-                self._file = None
+            await self._in_thread(self._close_sync)
         self._thread.shutdown(wait=True)
 
     async def _write_pending(self) -> None:
@@ -165,7 +166,7 @@ class WriteAheadLog:
                 batch, self._pending = self._pending, []
                 try:
                     await self._in_thread(self._write_sync, [a.payload for a in batch])
-                except OSError as error:
+                except Exception as error:  # noqa: BLE001 - every waiter gets it
                     for item in batch:
                         if not item.future.done():
                             item.future.set_exception(WalError(f"write-ahead log: {error}"))
@@ -173,7 +174,7 @@ class WriteAheadLog:
                 for item in batch:
                     try:
                         result = item.apply()
-                    except Exception as error:
+                    except Exception as error:  # noqa: BLE001 - the caller gets it
                         if not item.future.done():
                             item.future.set_exception(error)
                     else:
@@ -181,45 +182,71 @@ class WriteAheadLog:
                             item.future.set_result(result)
 
     def _write_sync(self, payloads: list[bytes]) -> None:
-        file = self._file
-        if file is None:
+        if self._failed is not None:
+            raise OSError(self._failed)
+        if self._fd is None:
             raise OSError("write-ahead log is not open")
-        data = b"".join(_frame(p) for p in payloads)
-        position = file.tell()
+        data = memoryview(b"".join(_frame(p) for p in payloads))
+        position = self._size
         try:
-            file.write(data)
-            file.flush()
+            _write_all(self._fd, data)
             if self._fsync:
-                os.fdatasync(file.fileno())
+                os.fdatasync(self._fd)
         except OSError:
             # Cut the partial batch off so later records stay readable; if even
-            # that fails, stop accepting writes rather than ack unreadable ones.
+            # that fails, refuse writes from now on rather than acknowledge
+            # records a replay could not reach.
             try:
-                file.truncate(position)
-                file.seek(position)
-                os.fsync(file.fileno())
+                os.ftruncate(self._fd, position)
+                os.fsync(self._fd)
             except OSError as error:
                 self._failed = f"write-ahead log unusable after a failed write: {error}"
                 log.critical(self._failed)
             raise
+        self._size = position + len(data)
         self.bytes_written += len(data)
 
     def _start_segment(self, epoch: int, head: bytes) -> None:
-        segment = Segment.named(self.directory, self.generation, epoch)
-        file = segment.path.open("xb")
-        file.write(_MAGIC + _frame(head))
-        file.flush()
-        if self._fsync:
-            os.fsync(file.fileno())
-            directory = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
-        if self._file is not None:
-            self._file.close()
-        self._file, self._epoch = file, epoch
+        path = Segment.named(self.directory, self.generation, epoch).path
+        data = _MAGIC + _frame(head)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            _write_all(fd, memoryview(data))
+            if self._fsync:
+                os.fsync(fd)
+                directory = os.open(self.directory, os.O_RDONLY)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        previous, self._fd, self._epoch, self._size = self._fd, fd, epoch, len(data)
+        if previous is not None:
+            os.close(previous)
+
+    def _close_sync(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     async def _in_thread(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run on the log's thread. A cancelled caller still waits for the
+        thread to finish, so nobody observes the log half-changed."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, lambda: function(*args, **kwargs))
+        future = loop.run_in_executor(self._thread, functools.partial(function, *args, **kwargs))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            while not future.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([future])
+            raise
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    written = 0
+    while written < len(data):
+        written += os.write(fd, data[written:])
