@@ -20,7 +20,7 @@ class FlakyIngest(ingest_pb2_grpc.MetricsIngestServicer):
         self.fail_first = 2
         self.delay_s = 0.0
 
-    async def Write(  # noqa: N802 - the RPC's name
+    async def Write(
         self,
         request: ingest_pb2.WriteRequest,
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
