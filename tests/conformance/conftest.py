@@ -3,12 +3,13 @@ suite then runs against it."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from metaas.server.storage import Storage, open_storage
+from metaas.server.storage import Storage, StorageContext, open_storage
 
 RETENTION_MS = 30 * 86_400_000
 
@@ -26,11 +27,22 @@ Opener = Callable[[Path, FixedClock], Awaitable[Storage]]
 
 async def _sqlite(tmp_path: Path, clock: FixedClock) -> Storage:
     return await open_storage(
-        f"sqlite:///{tmp_path / 'conformance.db'}", retention_ms=RETENTION_MS, clock=clock
+        f"sqlite:///{tmp_path / 'conformance.db'}", StorageContext(RETENTION_MS, clock=clock)
     )
 
 
-BACKENDS: dict[str, Opener] = {"sqlite": _sqlite}
+def _discover() -> dict[str, Opener]:
+    """sqlite, plus each ``tests/backends/<name>.py`` exposing
+    ``async def open_clean(tmp_path, clock) -> Storage``: an empty store on the
+    real service (which ``make test`` starts). Never skipped."""
+    found: dict[str, Opener] = {"sqlite": _sqlite}
+    for path in sorted((Path(__file__).parents[1] / "backends").glob("[a-z]*.py")):
+        module = importlib.import_module(f"tests.backends.{path.stem}")
+        found[path.stem] = module.open_clean
+    return found
+
+
+BACKENDS: dict[str, Opener] = _discover()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from metaas.server.api.validation import validate_write
 from metaas.server.config import IngestConfig, LimitsConfig
 from metaas.server.ingest.pipeline import IngestPipeline
-from metaas.server.storage import Storage, open_storage
+from metaas.server.storage import Storage, StorageContext, open_storage
 from metaas.server.telemetry import noop
 from metaas.v1 import ingest_pb2
 from tests.conformance.conftest import RETENTION_MS, FixedClock
@@ -29,7 +29,7 @@ def clock() -> FixedClock:
 @pytest.fixture
 async def storage(tmp_path: Path, clock: FixedClock) -> AsyncIterator[Storage]:
     opened = await open_storage(
-        f"sqlite:///{tmp_path / 'db.sqlite'}", retention_ms=RETENTION_MS, clock=clock
+        f"sqlite:///{tmp_path / 'db.sqlite'}", StorageContext(RETENTION_MS, clock=clock)
     )
     yield opened
     await opened.close()

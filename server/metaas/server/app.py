@@ -15,7 +15,7 @@ from metaas.server.clock import Clock, SystemClock
 from metaas.server.config import Settings
 from metaas.server.ingest.pipeline import IngestPipeline
 from metaas.server.query import QueryEngine
-from metaas.server.storage import open_storage
+from metaas.server.storage import StorageContext, open_storage
 from metaas.server.telemetry import Telemetry
 
 log = logging.getLogger("metaas.server")
@@ -34,7 +34,10 @@ async def serve(
     clock = clock or SystemClock()
     retention_ms = settings.retention.retention_ms
     stop = stop or asyncio.Event()
-    storage = await open_storage(settings.storage_url, retention_ms=retention_ms, clock=clock)
+    storage = await open_storage(
+        settings.storage_url,
+        StorageContext(retention_ms, clock=clock, codec=settings.codec, telemetry=telemetry),
+    )
     try:
         pipeline = IngestPipeline(
             settings.ingest,

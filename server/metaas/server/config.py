@@ -109,6 +109,30 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CodecConfig:
+    """Item compression: ``METAAS_COMPRESSION`` (zstd or gzip) applies to
+    items whose encoding exceeds ``METAAS_COMPRESSION_THRESHOLD_BYTES``
+    (default 400 KB, DynamoDB's item limit)."""
+
+    compression: str = "zstd"
+    threshold_bytes: int = 400 * 1024
+    zstd_level: int = 3
+    gzip_level: int = 6
+
+    def __post_init__(self) -> None:
+        if self.compression not in ("zstd", "gzip"):
+            raise ConfigError(
+                "METAAS_COMPRESSION / --compression", self.compression, "zstd or gzip"
+            )
+        if self.threshold_bytes < 0:
+            raise ConfigError(
+                "METAAS_COMPRESSION_THRESHOLD_BYTES / --compression-threshold-bytes",
+                self.threshold_bytes,
+                "bytes >= 0",
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything ``metaas serve`` needs."""
 
@@ -117,3 +141,4 @@ class Settings:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)

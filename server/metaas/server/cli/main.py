@@ -13,6 +13,7 @@ from metaas.server.cli.demo import demo
 from metaas.server.cli.query import query
 from metaas.server.cli.write import write
 from metaas.server.config import (
+    CodecConfig,
     ConfigError,
     IngestConfig,
     RetentionConfig,
@@ -85,6 +86,20 @@ def main() -> None:
     help="Serve gRPC reflection (for grpcurl). [env METAAS_REFLECTION]",
 )
 @click.option(
+    "--compression",
+    envvar="METAAS_COMPRESSION",
+    default=_DEFAULTS.codec.compression,
+    type=click.Choice(["zstd", "gzip"]),
+    help="Codec for items above the threshold. [env METAAS_COMPRESSION]",
+)
+@click.option(
+    "--compression-threshold-bytes",
+    envvar="METAAS_COMPRESSION_THRESHOLD_BYTES",
+    type=int,
+    default=_DEFAULTS.codec.threshold_bytes,
+    help="Items larger than this are compressed. [env METAAS_COMPRESSION_THRESHOLD_BYTES]",
+)
+@click.option(
     "--log-level",
     envvar="METAAS_LOG_LEVEL",
     default="info",
@@ -100,6 +115,8 @@ def serve(
     idempotency_window_s: float,
     shutdown_grace_s: float,
     reflection: bool,
+    compression: str,
+    compression_threshold_bytes: int,
     log_level: str,
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C (then drain and flush)."""
@@ -121,12 +138,43 @@ def serve(
                 idempotency_window_s=idempotency_window_s,
             ),
             retention=RetentionConfig(days=retention_days),
+            codec=CodecConfig(compression, compression_threshold_bytes),
         )
         telemetry = from_environment()
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
     try:
         asyncio.run(run(settings, telemetry))
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
+
+
+@main.group()
+def schema() -> None:
+    """Manage the storage schema (owned by the code)."""
+
+
+@schema.command("apply")
+@click.option(
+    "--storage",
+    envvar="METAAS_STORAGE",
+    default=_DEFAULTS.storage_url,
+    help="Storage URL. [env METAAS_STORAGE]",
+)
+@click.option(
+    "--retention-days",
+    envvar="METAAS_RETENTION_DAYS",
+    type=int,
+    default=_DEFAULTS.retention.days,
+    help="Sets TTLs where the backend has them.",
+)
+def schema_apply(storage: str, retention_days: int) -> None:
+    """Create or update tables, keyspaces and TTL settings; safe to re-run."""
+    from metaas.server.storage import StorageContext, apply_schema
+
+    try:
+        context = StorageContext(RetentionConfig(days=retention_days).retention_ms)
+        click.echo(asyncio.run(apply_schema(storage, context)))
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
 

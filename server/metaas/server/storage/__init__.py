@@ -1,36 +1,62 @@
-"""Storage backends behind small Protocols, selected by URL."""
+"""Storage backends behind small Protocols, selected by URL.
+
+Each backend is a subpackage exposing two coroutines::
+
+    async def open_backend(url: str, context: StorageContext) -> Storage
+    async def apply_schema(url: str, context: StorageContext) -> str
+
+and is imported only when its scheme is used, so its driver is never loaded
+otherwise.
+"""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Awaitable, Callable
+from typing import Final, cast
 from urllib.parse import urlsplit
 
-from metaas.server.clock import Clock
 from metaas.server.config import ConfigError
 from metaas.server.storage.base import PartialReader, PartialWriter, Storage
+from metaas.server.storage.context import StorageContext
 from metaas.server.storage.errors import Invalid, StorageError, Throttled, Unavailable
 
-SCHEMES = ("sqlite",)
+BACKENDS: Final = {
+    "sqlite": "metaas.server.storage.sqlite",
+    "cassandra": "metaas.server.storage.cassandra",
+    "dynamodb": "metaas.server.storage.dynamodb",
+}
 
 __all__ = [
-    "SCHEMES",
+    "BACKENDS",
     "Invalid",
     "PartialReader",
     "PartialWriter",
     "Storage",
+    "StorageContext",
     "StorageError",
     "Throttled",
     "Unavailable",
+    "apply_schema",
     "open_storage",
 ]
 
 
-async def open_storage(url: str, *, retention_ms: int, clock: Clock) -> Storage:
-    """Open the backend named by ``url`` (see the README for each scheme)."""
+def _backend(url: str, function: str) -> Callable[[str, StorageContext], Awaitable[object]]:
     scheme = urlsplit(url).scheme
-    if scheme == "sqlite":
-        from metaas.server.storage.sqlite import SqliteConfig, SqliteStorage
+    if scheme not in BACKENDS:
+        raise ConfigError(
+            "METAAS_STORAGE / --storage", url, "a URL with scheme " + ", ".join(BACKENDS)
+        )
+    module = importlib.import_module(BACKENDS[scheme])
+    return cast(Callable[[str, StorageContext], Awaitable[object]], getattr(module, function))
 
-        storage = SqliteStorage(SqliteConfig.from_url(url), retention_ms=retention_ms, clock=clock)
-        await storage.open()
-        return storage
-    raise ConfigError("METAAS_STORAGE / --storage", url, "a URL with scheme " + ", ".join(SCHEMES))
+
+async def open_storage(url: str, context: StorageContext) -> Storage:
+    """Open the backend named by ``url`` (see the README for each scheme)."""
+    return cast(Storage, await _backend(url, "open_backend")(url, context))
+
+
+async def apply_schema(url: str, context: StorageContext) -> str:
+    """Create or update the backend's schema; returns what was done."""
+    return cast(str, await _backend(url, "apply_schema")(url, context))

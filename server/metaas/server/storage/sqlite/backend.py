@@ -7,11 +7,13 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Final, TypeVar
 
-from metaas.server.clock import Clock
 from metaas.server.model import Partial, PartialKey, SeriesKey, decode_labels
 from metaas.server.sketch import Distribution
+from metaas.server.storage import codec
+from metaas.server.storage.context import StorageContext
 from metaas.server.storage.errors import Invalid, StorageError, Unavailable
 from metaas.server.storage.sqlite import schema
 from metaas.server.storage.sqlite.config import SqliteConfig
@@ -25,10 +27,11 @@ _PURGE_EVERY_MS: Final = 60_000
 class SqliteStorage:
     """Implements :class:`metaas.server.storage.base.Storage` on one file."""
 
-    def __init__(self, config: SqliteConfig, *, retention_ms: int, clock: Clock) -> None:
+    def __init__(self, config: SqliteConfig, context: StorageContext) -> None:
         self._config = config
-        self._retention_ms = retention_ms
-        self._clock = clock
+        self._retention_ms = context.retention_ms
+        self._clock = context.clock
+        self._codec = context.codec
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
         self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
         self._writer: sqlite3.Connection | None = None
@@ -38,6 +41,10 @@ class SqliteStorage:
     @property
     def name(self) -> str:
         return _NAME
+
+    @property
+    def path(self) -> Path:
+        return self._config.path
 
     async def open(self) -> None:
         """Create the file and schema if needed and open both connections."""
@@ -67,6 +74,7 @@ class SqliteStorage:
     async def write_partials(self, partials: Sequence[Partial]) -> None:
         if not partials:
             return
+        encoded = await codec.encode_distributions([p.distribution for p in partials], self._codec)
         rows = [
             (
                 p.series.app,
@@ -75,9 +83,9 @@ class SqliteStorage:
                 p.series.labels_key,
                 p.writer,
                 p.epoch,
-                p.distribution.to_bytes(),
+                item.data,
             )
-            for p in partials
+            for p, item in zip(partials, encoded, strict=True)
         ]
         now = self._clock.now_ms()
         purge_before = None
@@ -105,15 +113,10 @@ class SqliteStorage:
         rows = await self._run(
             self._reader_thread, self._select_range, app, metric, start_ms, end_ms
         )
+        distributions = await _decode([row[4] for row in rows])
         return [
-            Partial(
-                SeriesKey(app, metric, decode_labels(labels)),
-                minute,
-                writer,
-                epoch,
-                Distribution.from_bytes(blob),
-            )
-            for minute, labels, writer, epoch, blob in rows
+            Partial(SeriesKey(app, metric, decode_labels(labels)), minute, writer, epoch, dist)
+            for (minute, labels, writer, epoch, _), dist in zip(rows, distributions, strict=True)
         ]
 
     def _select_range(
@@ -131,12 +134,11 @@ class SqliteStorage:
             return {}
         cutoff = self._clock.now_ms() - self._retention_ms
         found = await self._run(self._reader_thread, self._select_keys, keys)
+        live = [(k, epoch, blob) for k, (epoch, blob) in found.items() if k.minute_ms >= cutoff]
+        distributions = await _decode([blob for _, _, blob in live])
         return {
-            key: Partial(
-                key.series, key.minute_ms, key.writer, epoch, Distribution.from_bytes(blob)
-            )
-            for key, (epoch, blob) in found.items()
-            if key.minute_ms >= cutoff
+            key: Partial(key.series, key.minute_ms, key.writer, epoch, dist)
+            for (key, epoch, _), dist in zip(live, distributions, strict=True)
         }
 
     def _select_keys(self, keys: Sequence[PartialKey]) -> dict[PartialKey, tuple[int, bytes]]:
@@ -194,6 +196,13 @@ class SqliteStorage:
             raise Unavailable(str(error), backend=_NAME) from error
         except RuntimeError as error:
             raise StorageError(str(error), backend=_NAME) from error
+
+
+async def _decode(items: list[bytes]) -> list[Distribution]:
+    try:
+        return await codec.decode_distributions(items)
+    except ValueError as error:
+        raise Invalid(f"undecodable stored item: {error}", backend=_NAME) from error
 
 
 def _require(connection: sqlite3.Connection | None) -> sqlite3.Connection:

@@ -1,0 +1,107 @@
+"""The item encoding shared by every backend.
+
+An item is a 4-byte header — magic ``M``, format version, codec, flags — and
+the payload. Payloads whose encoding would exceed the threshold (default
+400 KB, DynamoDB's item limit) are compressed with zstd (default) or gzip;
+any codec decodes whatever the configured one is. Compressing a large item
+is CPU work, so the async helpers move it to a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import gzip
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+import zstandard
+
+from metaas.server.config import CodecConfig
+from metaas.server.sketch import Distribution
+
+_HEADER: Final = struct.Struct("<cBBB")
+_MAGIC: Final = b"M"
+_VERSION: Final = 1
+# Items at least this large are compressed or decompressed on a worker thread.
+_THREAD_ABOVE: Final = 64 * 1024
+
+
+class Codec(enum.IntEnum):
+    NONE = 0
+    ZSTD = 1
+    GZIP = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    data: bytes
+    codec: Codec
+    raw_size: int  # payload bytes before compression
+
+
+def codec_for(config: CodecConfig) -> Codec:
+    return Codec.ZSTD if config.compression == "zstd" else Codec.GZIP
+
+
+def encode(payload: bytes, config: CodecConfig) -> Encoded:
+    """Header plus payload, compressed when it would exceed the threshold."""
+    if _HEADER.size + len(payload) <= config.threshold_bytes:
+        return Encoded(_header(Codec.NONE) + payload, Codec.NONE, len(payload))
+    codec = codec_for(config)
+    if codec is Codec.ZSTD:
+        body = zstandard.ZstdCompressor(level=config.zstd_level).compress(payload)
+    else:
+        body = gzip.compress(payload, compresslevel=config.gzip_level, mtime=0)
+    return Encoded(_header(codec) + body, codec, len(payload))
+
+
+def decode(item: bytes) -> bytes:
+    """The payload of an item written with any codec."""
+    if len(item) < _HEADER.size:
+        raise ValueError("item is shorter than its header")
+    magic, version, codec, _flags = _HEADER.unpack_from(item, 0)
+    if magic != _MAGIC or version != _VERSION:
+        raise ValueError(f"not a metaas item (magic {magic!r}, version {version})")
+    body = memoryview(item)[_HEADER.size :]
+    if codec == Codec.NONE:
+        return bytes(body)
+    if codec == Codec.ZSTD:
+        return zstandard.ZstdDecompressor().decompress(body)
+    if codec == Codec.GZIP:
+        return gzip.decompress(body)
+    raise ValueError(f"unknown codec {codec}")
+
+
+def codec_of(item: bytes) -> Codec:
+    return Codec(item[2])
+
+
+def encode_distribution(distribution: Distribution, config: CodecConfig) -> Encoded:
+    return encode(distribution.to_bytes(), config)
+
+
+def decode_distribution(item: bytes) -> Distribution:
+    return Distribution.from_bytes(decode(item))
+
+
+async def encode_distributions(
+    distributions: list[Distribution], config: CodecConfig
+) -> list[Encoded]:
+    """Encode many; a batch with large payloads is encoded on a thread."""
+    payloads = [d.to_bytes() for d in distributions]
+    if sum(len(p) for p in payloads) >= _THREAD_ABOVE:
+        return await asyncio.to_thread(lambda: [encode(p, config) for p in payloads])
+    return [encode(p, config) for p in payloads]
+
+
+async def decode_distributions(items: list[bytes]) -> list[Distribution]:
+    """Decode many; a batch with large items is decoded on a thread."""
+    if sum(len(i) for i in items) >= _THREAD_ABOVE:
+        return await asyncio.to_thread(lambda: [decode_distribution(i) for i in items])
+    return [decode_distribution(i) for i in items]
+
+
+def _header(codec: Codec) -> bytes:
+    return _HEADER.pack(_MAGIC, _VERSION, codec, 0)
