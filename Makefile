@@ -1,5 +1,5 @@
 # Each target delegates to scripts/ or the CLI, so the same steps work without make.
-.PHONY: install run test lint proto demo clean
+.PHONY: install run test lint proto demo services-up services-down clean
 
 install:
 	./scripts/install.sh
@@ -15,6 +15,12 @@ lint: .venv/.installed
 
 proto: .venv/.installed
 	./scripts/gen-proto.sh
+
+services-up: .venv/.installed
+	./scripts/services.sh up
+
+services-down:
+	./scripts/services.sh down
 
 demo: .venv/.installed
 	.venv/bin/metaas demo
