@@ -46,6 +46,7 @@ class ServerProcess:
         data_dir: Path,
         *,
         flush_interval_s: float = 0.2,
+        storage: str | None = None,
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
     ) -> None:
@@ -58,7 +59,7 @@ class ServerProcess:
             "--listen",
             self.target,
             "--storage",
-            f"sqlite:///{data_dir / 'metaas.db'}",
+            storage or f"sqlite:///{data_dir / 'metaas.db'}",
             "--wal-dir",
             str(data_dir / "wal"),
             "--flush-interval-s",

@@ -68,6 +68,22 @@ async def test_a_span_per_rpc_and_ingest_metrics(tmp_path: Path) -> None:
     ]
     assert rejected, "the invalid query's span carries INVALID_ARGUMENT"
     assert "metaas.ingest.flush" in finished
+    query_spans = [
+        s
+        for s in spans.get_finished_spans()
+        if s.name == "metaas.v1.MetricsQuery/QueryRange"
+        and s.attributes
+        and s.attributes["rpc.grpc.status_code"] == 0
+    ]
+    (query_span,) = query_spans
+    children = [
+        s
+        for s in spans.get_finished_spans()
+        if s.parent is not None and s.parent.span_id == query_span.context.span_id
+    ]
+    assert [(c.name, dict(c.attributes or {})["db.system"]) for c in children] == [
+        ("sqlite read_partials", "sqlite")
+    ]
     for span in spans.get_finished_spans():
         assert str(secret_value) not in str(dict(span.attributes or {}))
 

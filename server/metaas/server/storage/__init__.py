@@ -20,6 +20,7 @@ from metaas.server.config import ConfigError
 from metaas.server.storage.base import PartialReader, PartialWriter, Storage
 from metaas.server.storage.context import StorageContext
 from metaas.server.storage.errors import Invalid, StorageError, Throttled, Unavailable
+from metaas.server.storage.instrumented import InstrumentedStorage
 
 BACKENDS: Final = {
     "sqlite": "metaas.server.storage.sqlite",
@@ -53,8 +54,10 @@ def _backend(url: str, function: str) -> Callable[[str, StorageContext], Awaitab
 
 
 async def open_storage(url: str, context: StorageContext) -> Storage:
-    """Open the backend named by ``url`` (see the README for each scheme)."""
-    return cast(Storage, await _backend(url, "open_backend")(url, context))
+    """Open the backend named by ``url`` (see the README for each scheme),
+    with a span and latency metrics around every call."""
+    backend = cast(Storage, await _backend(url, "open_backend")(url, context))
+    return InstrumentedStorage(backend, context.telemetry)
 
 
 async def apply_schema(url: str, context: StorageContext) -> str:
