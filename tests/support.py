@@ -47,10 +47,12 @@ class ServerProcess:
         *,
         flush_interval_s: float = 0.2,
         storage: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.credentials = credentials  # for the health check of a TLS server
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.args = [
@@ -81,7 +83,12 @@ class ServerProcess:
 
     def wait_serving(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
+        channel = (
+            grpc.secure_channel(self.target, self.credentials)
+            if self.credentials is not None
+            else grpc.insecure_channel(self.target)
+        )
+        with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 assert self.process is not None

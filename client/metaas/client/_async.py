@@ -8,7 +8,12 @@ from types import TracebackType
 
 import grpc
 
-from metaas.client._channel import CHANNEL_OPTIONS, DEFAULT_TARGET
+from metaas.client._channel import (
+    CHANNEL_OPTIONS,
+    DEFAULT_TARGET,
+    call_metadata,
+    channel_credentials,
+)
 from metaas.client._convert import query_request, query_result, series_list, write_request
 from metaas.client._errors import MetaasError
 from metaas.client._types import QueryResult, Series, SeriesList, TimeLike, to_ms
@@ -18,18 +23,34 @@ DEFAULT_STATS = ("count", "mean", "p50", "p99", "max")
 
 
 class AsyncClient:
-    """metaas over one gRPC channel. ``timeout`` is the default deadline of
-    each call in seconds (None: no deadline); every method takes its own."""
+    """metaas over one gRPC channel.
+
+    ``timeout`` is the default deadline of each call in seconds (None: no
+    deadline); every method takes its own. ``token`` is sent as
+    ``authorization: Bearer <token>``. TLS is used when ``tls`` is true or
+    any certificate is given: ``root_certificates`` (PEM) to trust, and
+    ``certificate_chain`` with ``private_key`` for mutual TLS."""
 
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
         *,
         timeout: float | None = 10.0,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         options = list(CHANNEL_OPTIONS)
+        credentials = credentials or channel_credentials(
+            tls=tls,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+        )
         self._channel = (
             grpc.aio.secure_channel(target, credentials, options=options)
             if credentials is not None
@@ -38,7 +59,7 @@ class AsyncClient:
         self._ingest = ingest_pb2_grpc.MetricsIngestStub(self._channel)
         self._query = query_pb2_grpc.MetricsQueryStub(self._channel)
         self._timeout = timeout
-        self._metadata = tuple(metadata)
+        self._metadata = call_metadata(token, metadata)
 
     async def write(
         self,

@@ -9,7 +9,12 @@ from types import TracebackType
 import grpc
 
 from metaas.client._async import DEFAULT_STATS
-from metaas.client._channel import CHANNEL_OPTIONS, DEFAULT_TARGET
+from metaas.client._channel import (
+    CHANNEL_OPTIONS,
+    DEFAULT_TARGET,
+    call_metadata,
+    channel_credentials,
+)
 from metaas.client._convert import query_request, query_result, series_list, write_request
 from metaas.client._errors import MetaasError
 from metaas.client._types import QueryResult, Series, SeriesList, TimeLike, to_ms
@@ -24,10 +29,21 @@ class Client:
         target: str = DEFAULT_TARGET,
         *,
         timeout: float | None = 10.0,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         options = list(CHANNEL_OPTIONS)
+        credentials = credentials or channel_credentials(
+            tls=tls,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+        )
         self._channel = (
             grpc.secure_channel(target, credentials, options=options)
             if credentials is not None
@@ -36,7 +52,7 @@ class Client:
         self._ingest = ingest_pb2_grpc.MetricsIngestStub(self._channel)
         self._query = query_pb2_grpc.MetricsQueryStub(self._channel)
         self._timeout = timeout
-        self._metadata = tuple(metadata)
+        self._metadata = call_metadata(token, metadata)
 
     def write(
         self,

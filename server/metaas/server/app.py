@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import Callable
 
+from metaas.server.api.auth import Authenticator
 from metaas.server.api.ingest import MetricsIngestServicer
 from metaas.server.api.query import MetricsQueryServicer
 from metaas.server.api.server import Api
@@ -49,20 +50,30 @@ async def serve(
         await pipeline.start()
         try:
             tracer = telemetry.tracer
+            authenticator = Authenticator(settings.security)
+            if settings.security.insecure and not settings.security.authenticates:
+                log.warning(
+                    "serving on %s WITHOUT authentication (--insecure): any client that "
+                    "reaches it may read and write every app",
+                    settings.server.listen,
+                )
             api = Api(
                 settings.server,
+                settings.security,
                 MetricsIngestServicer(
                     pipeline,
                     limits=settings.limits,
                     retention_ms=retention_ms,
                     clock=clock,
                     tracer=tracer,
+                    authenticator=authenticator,
                 ),
                 MetricsQueryServicer(
                     QueryEngine(storage, retention_ms=retention_ms, clock=clock),
                     storage,
                     limits=settings.limits,
                     tracer=tracer,
+                    authenticator=authenticator,
                 ),
             )
             await api.start()

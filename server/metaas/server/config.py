@@ -52,6 +52,45 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """TLS, mutual TLS and bearer tokens. With none of them the server must
+    listen on loopback only, unless ``insecure`` says otherwise."""
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_tokens: Path | None = None
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(
+                "--tls-cert / --tls-key", self.tls_cert or self.tls_key, "both or neither"
+            )
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError(
+                "--tls-client-ca", self.tls_client_ca, "a server certificate too (--tls-cert)"
+            )
+        for setting, path in (
+            ("METAAS_TLS_CERT / --tls-cert", self.tls_cert),
+            ("METAAS_TLS_KEY / --tls-key", self.tls_key),
+            ("METAAS_TLS_CLIENT_CA / --tls-client-ca", self.tls_client_ca),
+            ("METAAS_AUTH_TOKENS / --auth-tokens", self.auth_tokens),
+        ):
+            if path is not None and not path.is_file():
+                raise ConfigError(setting, str(path), "a readable file")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether callers must prove who they are (token or client cert)."""
+        return self.auth_tokens is not None or self.tls_client_ca is not None
+
+
+@dataclass(frozen=True, slots=True)
 class IngestConfig:
     wal_dir: Path = Path("data/wal")
     # Acknowledged samples become visible to queries within this many seconds.
@@ -142,3 +181,18 @@ class Settings:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+
+    def __post_init__(self) -> None:
+        if (
+            not self.server.is_loopback
+            and not self.security.authenticates
+            and not self.security.insecure
+        ):
+            raise ConfigError(
+                "METAAS_LISTEN / --listen",
+                self.server.listen,
+                "a loopback address while no authentication is configured "
+                "(--auth-tokens or --tls-client-ca); pass --insecure to serve "
+                "unauthenticated on the network",
+            )

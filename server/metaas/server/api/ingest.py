@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 from opentelemetry import trace
 
+from metaas.server.api.auth import Authenticator, Principal
 from metaas.server.api.errors import RequestError, abort
 from metaas.server.api.tracing import rpc_span
 from metaas.server.api.validation import validate_write
@@ -29,7 +30,9 @@ class MetricsIngestServicer(ingest_pb2_grpc.MetricsIngestServicer):
         retention_ms: int,
         clock: Clock,
         tracer: trace.Tracer,
+        authenticator: Authenticator,
     ) -> None:
+        self._auth = authenticator
         self._pipeline = pipeline
         self._limits = limits
         self._retention_ms = retention_ms
@@ -41,7 +44,9 @@ class MetricsIngestServicer(ingest_pb2_grpc.MetricsIngestServicer):
     ) -> ingest_pb2.WriteResponse:
         try:
             with rpc_span(self._tracer, SERVICE, "Write") as span:
-                accepted = await self._write(request)
+                principal = self._auth.authenticate(context)
+                span.set_attribute("enduser.id", principal.name)
+                accepted = await self._write(request, principal)
                 span.set_attribute("metaas.samples", accepted)
                 return ingest_pb2.WriteResponse(accepted_samples=accepted)
         except RequestError as error:
@@ -54,11 +59,13 @@ class MetricsIngestServicer(ingest_pb2_grpc.MetricsIngestServicer):
         invalid one ends the stream with its error, prefixed by its index."""
         try:
             with rpc_span(self._tracer, SERVICE, "WriteStream") as span:
+                principal = self._auth.authenticate(context)
+                span.set_attribute("enduser.id", principal.name)
                 total = 0
                 index = 0
                 async for request in request_iterator:
                     try:
-                        total += await self._write(request)
+                        total += await self._write(request, principal)
                     except RequestError as error:
                         raise _in_message(error, index, total) from error
                     index += 1
@@ -68,13 +75,15 @@ class MetricsIngestServicer(ingest_pb2_grpc.MetricsIngestServicer):
         except RequestError as error:
             await abort(context, error)
 
-    async def _write(self, request: ingest_pb2.WriteRequest) -> int:
+    async def _write(self, request: ingest_pb2.WriteRequest, principal: Principal) -> int:
         batches, accepted = validate_write(
             request,
             now_ms=self._clock.now_ms(),
             retention_ms=self._retention_ms,
             limits=self._limits,
         )
+        for i, series in enumerate(request.series):
+            principal.require_app(series.app, f"series[{i}].app")
         try:
             return await self._pipeline.write(request, batches, accepted)
         except WalError as error:

@@ -8,6 +8,7 @@ from typing import TypeVar
 import grpc
 from opentelemetry import trace
 
+from metaas.server.api.auth import Authenticator, Principal
 from metaas.server.api.errors import RequestError, abort
 from metaas.server.api.tracing import rpc_span
 from metaas.server.api.validation import validate_list_series, validate_query
@@ -29,7 +30,9 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
         *,
         limits: LimitsConfig,
         tracer: trace.Tracer,
+        authenticator: Authenticator,
     ) -> None:
+        self._auth = authenticator
         self._engine = engine
         self._storage = storage
         self._limits = limits
@@ -44,14 +47,17 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
     ) -> query_pb2.QueryRangeResponse:
         try:
             with rpc_span(self._tracer, SERVICE, "QueryRange") as span:
-                return await self._query_range(request, span)
+                principal = self._auth.authenticate(context)
+                span.set_attribute("enduser.id", principal.name)
+                return await self._query_range(request, principal, span)
         except RequestError as error:
             await abort(context, error)
 
     async def _query_range(
-        self, request: query_pb2.QueryRangeRequest, span: trace.Span
+        self, request: query_pb2.QueryRangeRequest, principal: Principal, span: trace.Span
     ) -> query_pb2.QueryRangeResponse:
         query = validate_query(request, limits=self._limits)
+        principal.require_app(query.app, "app")
         groups = await _storage_call(self._engine.query_range(query))
         span.set_attribute("metaas.result.series", len(groups))
         span.set_attribute("metaas.served_by", self._storage.name)
@@ -79,15 +85,18 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
         ],
     ) -> query_pb2.ListSeriesResponse:
         try:
-            with rpc_span(self._tracer, SERVICE, "ListSeries"):
-                return await self._list_series(request)
+            with rpc_span(self._tracer, SERVICE, "ListSeries") as span:
+                principal = self._auth.authenticate(context)
+                span.set_attribute("enduser.id", principal.name)
+                return await self._list_series(request, principal)
         except RequestError as error:
             await abort(context, error)
 
     async def _list_series(
-        self, request: query_pb2.ListSeriesRequest
+        self, request: query_pb2.ListSeriesRequest, principal: Principal
     ) -> query_pb2.ListSeriesResponse:
         validate_list_series(request, limits=self._limits)
+        principal.require_app(request.app, "app")
         found = await _storage_call(
             self._storage.list_series(
                 request.app, request.start_ms, request.end_ms, request.metric or None

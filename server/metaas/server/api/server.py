@@ -11,7 +11,7 @@ from metaas.server.api.ingest import SERVICE as INGEST
 from metaas.server.api.ingest import MetricsIngestServicer
 from metaas.server.api.query import SERVICE as QUERY
 from metaas.server.api.query import MetricsQueryServicer
-from metaas.server.config import ServerConfig
+from metaas.server.config import SecurityConfig, ServerConfig
 from metaas.v1 import ingest_pb2_grpc, query_pb2_grpc
 
 SERVICES = (INGEST, QUERY)
@@ -23,6 +23,7 @@ class Api:
     def __init__(
         self,
         config: ServerConfig,
+        security: SecurityConfig,
         ingest: MetricsIngestServicer,
         query: MetricsQueryServicer,
     ) -> None:
@@ -46,7 +47,16 @@ class Api:
                 ),
                 self.server,
             )
-        self.port = self.server.add_insecure_port(config.listen)
+        if security.tls_cert is not None and security.tls_key is not None:
+            client_ca = security.tls_client_ca.read_bytes() if security.tls_client_ca else None
+            credentials = grpc.ssl_server_credentials(
+                [(security.tls_key.read_bytes(), security.tls_cert.read_bytes())],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            self.port = self.server.add_secure_port(config.listen, credentials)
+        else:
+            self.port = self.server.add_insecure_port(config.listen)
 
     async def start(self) -> None:
         await self.server.start()

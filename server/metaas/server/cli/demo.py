@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from metaas.client import DEFAULT_TARGET, Client, MetaasError, Series
+from metaas.client import MetaasError, Series
+from metaas.server.cli._client import client_options, connect
 
 _STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 _STATUS_WEIGHTS = (0.90, 0.04, 0.05, 0.01)
 
 
 @click.command()
-@click.option(
-    "--target",
-    envvar="METAAS_TARGET",
-    default=DEFAULT_TARGET,
-    help="Server HOST:PORT. [env METAAS_TARGET]",
-)
+@client_options
 @click.option("--apps", type=click.IntRange(1, 100_000), default=5, help="Number of apps.")
 @click.option("--dynos", type=click.IntRange(1, 10_000), default=3, help="Web dynos per app.")
 @click.option(
@@ -33,7 +30,19 @@ _STATUS_WEIGHTS = (0.90, 0.04, 0.05, 0.01)
     "--rpm", type=click.IntRange(1, 1_000_000), default=600, help="Requests per minute per dyno."
 )
 @click.option("--seed", type=int, default=7, help="Random seed, for reproducible traffic.")
-def demo(target: str, apps: int, dynos: int, minutes: int, rpm: int, seed: int) -> None:
+def demo(
+    target: str,
+    token: str | None,
+    tls: bool,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    apps: int,
+    dynos: int,
+    minutes: int,
+    rpm: int,
+    seed: int,
+) -> None:
     """Generate traffic: router latencies (lognormal, per status class and
     dyno), dyno memory and load, for apps demo-0 ... demo-N."""
     rng = np.random.default_rng(seed)
@@ -46,7 +55,8 @@ def demo(target: str, apps: int, dynos: int, minutes: int, rpm: int, seed: int) 
         TimeRemainingColumn(),
     )
     written = 0
-    with Client(target, timeout=60) as client, Progress(*columns) as progress:
+    client = connect(target, token, tls, tls_ca, tls_cert, tls_key, timeout=60)
+    with client, Progress(*columns) as progress:
         task = progress.add_task("apps", total=apps)
         for index in range(apps):
             app = f"demo-{index}"

@@ -17,6 +17,7 @@ from metaas.server.config import (
     ConfigError,
     IngestConfig,
     RetentionConfig,
+    SecurityConfig,
     ServerConfig,
     Settings,
 )
@@ -86,6 +87,36 @@ def main() -> None:
     help="Serve gRPC reflection (for grpcurl). [env METAAS_REFLECTION]",
 )
 @click.option(
+    "--tls-cert",
+    envvar="METAAS_TLS_CERT",
+    type=click.Path(path_type=Path),
+    help="Server certificate (PEM); enables TLS. [env METAAS_TLS_CERT]",
+)
+@click.option(
+    "--tls-key",
+    envvar="METAAS_TLS_KEY",
+    type=click.Path(path_type=Path),
+    help="Server private key (PEM). [env METAAS_TLS_KEY]",
+)
+@click.option(
+    "--tls-client-ca",
+    envvar="METAAS_TLS_CLIENT_CA",
+    type=click.Path(path_type=Path),
+    help="CA bundle for client certificates; enables mutual TLS. [env METAAS_TLS_CLIENT_CA]",
+)
+@click.option(
+    "--auth-tokens",
+    envvar="METAAS_AUTH_TOKENS",
+    type=click.Path(path_type=Path),
+    help="Access file of token hashes and certificate names. [env METAAS_AUTH_TOKENS]",
+)
+@click.option(
+    "--insecure",
+    envvar="METAAS_INSECURE",
+    is_flag=True,
+    help="Allow a non-loopback --listen without authentication. [env METAAS_INSECURE]",
+)
+@click.option(
     "--compression",
     envvar="METAAS_COMPRESSION",
     default=_DEFAULTS.codec.compression,
@@ -115,6 +146,11 @@ def serve(
     idempotency_window_s: float,
     shutdown_grace_s: float,
     reflection: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    auth_tokens: Path | None,
+    insecure: bool,
     compression: str,
     compression_threshold_bytes: int,
     log_level: str,
@@ -139,6 +175,7 @@ def serve(
             ),
             retention=RetentionConfig(days=retention_days),
             codec=CodecConfig(compression, compression_threshold_bytes),
+            security=SecurityConfig(tls_cert, tls_key, tls_client_ca, auth_tokens, insecure),
         )
         telemetry = from_environment()
     except ConfigError as error:

@@ -6,22 +6,19 @@ import json
 import math
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from metaas.client import DEFAULT_STATS, DEFAULT_TARGET, Client, MetaasError
+from metaas.client import DEFAULT_STATS, MetaasError
+from metaas.server.cli._client import client_options, connect
 from metaas.server.cli._params import DURATION, LABEL_PAIR, TIMESTAMP
 
 
 @click.command()
-@click.option(
-    "--target",
-    envvar="METAAS_TARGET",
-    default=DEFAULT_TARGET,
-    help="Server HOST:PORT. [env METAAS_TARGET]",
-)
+@client_options
 @click.option("--app", required=True)
 @click.option("--metric", required=True)
 @click.option("--since", type=DURATION, default="1h", help="Range ending now, e.g. 30m, 6h, 7d.")
@@ -44,6 +41,11 @@ from metaas.server.cli._params import DURATION, LABEL_PAIR, TIMESTAMP
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def query(
     target: str,
+    token: str | None,
+    tls: bool,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     app: str,
     metric: str,
     since: int,
@@ -61,7 +63,7 @@ def query(
     start_ms -= start_ms % 60_000  # buckets on minute boundaries read better
     names = [s.strip() for s in stats.split(",") if s.strip()]
     try:
-        with Client(target) as client:
+        with connect(target, token, tls, tls_ca, tls_cert, tls_key) as client:
             result = client.query_range(
                 app,
                 metric,

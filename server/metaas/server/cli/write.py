@@ -12,7 +12,8 @@ from typing import IO, Any
 import click
 from rich.progress import Progress
 
-from metaas.client import DEFAULT_TARGET, Client, MetaasError, Series
+from metaas.client import MetaasError, Series
+from metaas.server.cli._client import client_options, connect
 
 _CSV_FIELDS = {"app", "metric", "time_ms", "value"}
 SeriesId = tuple[str, str, tuple[tuple[str, str], ...]]
@@ -20,12 +21,7 @@ SeriesId = tuple[str, str, tuple[tuple[str, str], ...]]
 
 @click.command()
 @click.argument("source", type=click.File("r"), default="-")
-@click.option(
-    "--target",
-    envvar="METAAS_TARGET",
-    default=DEFAULT_TARGET,
-    help="Server HOST:PORT. [env METAAS_TARGET]",
-)
+@client_options
 @click.option(
     "--format",
     "fmt",
@@ -39,7 +35,17 @@ SeriesId = tuple[str, str, tuple[tuple[str, str], ...]]
     default=10_000,
     help="Samples per Write request.",
 )
-def write(source: IO[str], target: str, fmt: str, batch_size: int) -> None:
+def write(
+    source: IO[str],
+    target: str,
+    token: str | None,
+    tls: bool,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    fmt: str,
+    batch_size: int,
+) -> None:
     """Write samples from SOURCE (a file, or - for stdin).
 
     \b
@@ -60,7 +66,8 @@ def write(source: IO[str], target: str, fmt: str, batch_size: int) -> None:
         raise click.ClickException(f"{source.name}: {error}") from error
     total = sum(len(times) for times, _ in grouped.values())
     accepted = 0
-    with Client(target) as client, Progress(transient=False) as progress:
+    client = connect(target, token, tls, tls_ca, tls_cert, tls_key)
+    with client, Progress(transient=False) as progress:
         task = progress.add_task("writing", total=total)
         try:
             for batch in _batches(grouped, batch_size):
