@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from metaas.server.api.validation import validate_write
 from metaas.server.config import IngestConfig, LimitsConfig
 from metaas.server.ingest.pipeline import IngestPipeline
-from metaas.server.storage import Storage, StorageContext, open_storage
+from metaas.server.model import Partial
+from metaas.server.storage import Storage, StorageContext, Unavailable, open_storage
 from metaas.server.telemetry import noop
 from metaas.v1 import ingest_pb2
 from tests.conformance.conftest import RETENTION_MS, FixedClock
@@ -65,6 +67,7 @@ async def crash(p: IngestPipeline) -> None:
     assert p._task is not None
     p._task.cancel()
     await asyncio.gather(p._task, return_exceptions=True)
+    await p._delivery.stop()
     await p._wal.close()
 
 
@@ -179,3 +182,55 @@ async def test_flush_loop_survives_a_failing_disk(
     await write(p, clock, [START - MINUTE] * 2)
     await p.stop()
     assert await stored_count(storage) == 5
+
+
+class Flaky:
+    """A storage that refuses writes while ``down``."""
+
+    def __init__(self, inner: Storage, name: str) -> None:
+        self.inner = inner
+        self.down = True
+        self.name = name
+
+    async def write_partials(self, partials: Sequence[Partial]) -> None:
+        if self.down:
+            raise Unavailable("backend is down", backend=self.name)
+        await self.inner.write_partials(partials)
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.inner, attribute)
+
+
+async def test_dual_writes_converge_after_an_outage_of_one_target(
+    tmp_path: Path, storage: Storage, clock: FixedClock
+) -> None:
+    second = await open_storage(
+        f"sqlite:///{tmp_path / 'new.sqlite'}", StorageContext(RETENTION_MS, clock=clock)
+    )
+    new = Flaky(second, "new")
+    config = IngestConfig(wal_dir=tmp_path / "wal", flush_interval_s=0.05)
+    p = IngestPipeline(
+        config,
+        retention_ms=RETENTION_MS,
+        storage={"old": storage, "new": new},  # type: ignore[dict-item]
+        clock=clock,
+        telemetry=noop(),
+        routing=lambda app: ("old", "new"),
+    )
+    await p.start()
+    for _ in range(5):
+        await write(p, clock, [START - MINUTE] * 2)
+        await asyncio.sleep(0.06)
+    await p.seal()
+    await asyncio.sleep(0.2)
+    assert await stored_count(storage) == 10  # the healthy target is not held back
+    assert await stored_count(second) == 0
+    assert p.write_lag_s()["new"] > 0
+    assert len(list((tmp_path / "wal").glob("*.wal"))) > 1  # kept for the failing target
+    new.down = False
+    await p.flush()
+    assert await stored_count(second) == 10
+    assert p.write_lag_s() == {"old": 0.0, "new": 0.0}
+    await p.stop()
+    assert len(list((tmp_path / "wal").glob("*.wal"))) == 1
+    await second.close()

@@ -74,16 +74,6 @@ async def test_cancelled_caller_is_still_applied(tmp_path: Path) -> None:
     assert applied == ["x"]
 
 
-async def test_delete_through_keeps_the_open_segment(tmp_path: Path) -> None:
-    wal = WriteAheadLog(tmp_path, GENERATION)
-    await wal.open(b"h")
-    for _ in range(3):
-        await wal.rotate(lambda: b"h", lambda epoch: epoch)
-    await wal.delete_through(10)
-    await wal.close()
-    assert [s.epoch for s in list_segments(tmp_path)] == [4]
-
-
 async def test_failed_write_leaves_nothing_behind_and_log_recovers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

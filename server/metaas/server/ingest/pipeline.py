@@ -1,6 +1,8 @@
 """Durable ingest: validated writes go to the write-ahead log, are acknowledged
-once on disk, aggregate per minute in memory, and are flushed to storage every
-flush interval. See docs/architecture.md for the guarantees and why they hold.
+once on disk, aggregate per minute in memory, and every flush interval the
+current log segment is sealed and its aggregates are delivered to each write
+target (one backend, or two during a migration). See docs/architecture.md for
+the guarantees and why they hold.
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -18,17 +20,19 @@ from metaas.server.clock import Clock
 from metaas.server.config import IngestConfig
 from metaas.server.ingest import records
 from metaas.server.ingest.aggregator import Aggregator, PendingPartial
-from metaas.server.ingest.flusher import write_pending
+from metaas.server.ingest.delivery import Delivery, SegmentId
 from metaas.server.ingest.idempotency import IdempotencyKeys
 from metaas.server.ingest.records import SeriesBatch
 from metaas.server.ingest.wal import Segment, WriteAheadLog, list_segments, read_segment
 from metaas.server.retry import backoff
 from metaas.server.storage.base import Storage
-from metaas.server.storage.errors import StorageError
 from metaas.server.telemetry import Telemetry
 from metaas.v1 import ingest_pb2
 
 log = logging.getLogger(__name__)
+
+# app -> names of the backends its writes go to, authoritative first.
+WriteRouting = Callable[[str], Sequence[str]]
 
 
 class IngestPipeline:
@@ -37,14 +41,17 @@ class IngestPipeline:
         config: IngestConfig,
         *,
         retention_ms: int,
-        storage: Storage,
+        storage: Storage | Mapping[str, Storage],
         clock: Clock,
         telemetry: Telemetry,
+        routing: WriteRouting | None = None,
     ) -> None:
         self._config = config
         self._retention_ms = retention_ms
-        self._storage = storage
         self._clock = clock
+        targets = {storage.name: storage} if not isinstance(storage, Mapping) else dict(storage)
+        only = tuple(targets)[:1]
+        self._routing: WriteRouting = routing or (lambda _app: only)
         # A fresh writer identity per run: partials flushed by an earlier run
         # are never overwritten by this one's (smaller) in-memory state.
         self.generation = secrets.token_hex(8)
@@ -53,24 +60,16 @@ class IngestPipeline:
             int(config.idempotency_window_s * 1000), config.max_idempotency_keys, clock
         )
         self._wal = WriteAheadLog(config.wal_dir, self.generation, fsync=config.fsync)
+        self._delivery = Delivery(targets, on_complete=self._segment_stored, telemetry=telemetry)
         self._old_segments: list[Segment] = []
-        # Sealed segments whose aggregates are not in storage yet, oldest first.
-        self._sealed: list[tuple[int, list[PendingPartial]]] = []
         self._task: asyncio.Task[None] | None = None
-        self._flush_lock = asyncio.Lock()
-        self._tracer = telemetry.tracer
+        self._seal_lock = asyncio.Lock()
         meter = telemetry.meter
         self._samples = meter.create_counter(
             "metaas.ingest.samples", unit="{sample}", description="Samples made durable"
         )
-        self._flush_seconds = meter.create_histogram(
-            "metaas.ingest.flush.duration", unit="s", description="Time to flush one WAL segment"
-        )
-        self._flush_rows = meter.create_counter(
-            "metaas.ingest.flush.rows", unit="{row}", description="Partials written by flushes"
-        )
-        self._flush_errors = meter.create_counter(
-            "metaas.ingest.flush.errors", unit="{error}", description="Failed flush attempts"
+        self._loop_errors = meter.create_counter(
+            "metaas.ingest.flush.loop_errors", unit="{error}", description="Flush loop failures"
         )
         meter.create_observable_gauge(
             "metaas.ingest.aggregates",
@@ -82,9 +81,13 @@ class IngestPipeline:
     def _observe_aggregates(self, _options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(len(self._aggregator))
 
+    def write_lag_s(self) -> dict[str, float]:
+        """Per backend: age of the oldest sealed work not yet stored there."""
+        return self._delivery.lag_s()
+
     async def start(self) -> None:
         """Reload idempotency keys from earlier runs' log segments, open this
-        run's log, and start flushing (recovery of earlier segments first)."""
+        run's log, and start delivering (earlier segments first)."""
         self._old_segments = await asyncio.to_thread(list_segments, self._config.wal_dir)
         restored: list[records.KeyEntry] = []
         for segment in self._old_segments:
@@ -97,6 +100,7 @@ class IngestPipeline:
         for entry in sorted(restored, key=lambda e: e.expires_ms):
             self._keys.restore(entry)
         await self._wal.open(records.encode_keys(self._keys.snapshot()))
+        self._delivery.start()
         self._task = asyncio.create_task(self._run(), name="ingest-flusher")
 
     async def write(
@@ -141,33 +145,26 @@ class IngestPipeline:
 
         return await self._wal.append(payload, apply)
 
-    async def flush(self) -> int:
-        """Seal the current log segment and store its aggregates (and those of
-        any earlier flush that was interrupted), retrying until storage takes
-        them; return the number of rows written."""
-        async with self._flush_lock:
-            self._sealed.append(
-                await self._wal.rotate(
-                    lambda: records.encode_keys(self._keys.snapshot()),
-                    lambda epoch: (epoch, self._aggregator.take_dirty()),
-                )
+    async def seal(self) -> None:
+        """Seal the current log segment and queue its aggregates for every
+        write target."""
+        async with self._seal_lock:
+            epoch, pending = await self._wal.rotate(
+                lambda: records.encode_keys(self._keys.snapshot()),
+                lambda sealed: (sealed, self._aggregator.take_dirty()),
             )
-            rows = 0
-            while self._sealed:
-                epoch, pending = self._sealed[0]
-                with self._tracer.start_as_current_span("metaas.ingest.flush") as span:
-                    span.set_attribute("metaas.flush.epoch", epoch)
-                    span.set_attribute("metaas.flush.aggregates", len(pending))
-                    rows += await self._store(pending, writer=self.generation, epoch=epoch)
-                self._sealed.pop(0)
-                await self._wal.delete_through(epoch)
+            await self._delivery.submit((self.generation, epoch), self._split(pending))
             self._aggregator.evict(self._clock.now_ms())
-            return rows
+
+    async def flush(self) -> None:
+        """Seal, then wait until every target has stored everything sealed."""
+        await self.seal()
+        await self._delivery.drain()
 
     async def stop(self) -> None:
-        """Stop the flush loop, finish recovering earlier runs' segments,
-        flush what is left, close the log. What cannot be stored in time
-        stays in the log for the next start."""
+        """Stop the flush loop, recover earlier runs' segments, flush what is
+        left, close the log. What cannot be stored in time stays in the log
+        for the next start."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -177,6 +174,7 @@ class IngestPipeline:
         except Exception as error:  # noqa: BLE001 - the log keeps the data; say why
             log.error("final flush failed (%r); the log will be replayed on next start", error)
         finally:
+            await self._delivery.stop()
             await self._wal.close()
 
     async def _final_flush(self) -> None:
@@ -184,56 +182,54 @@ class IngestPipeline:
         await self.flush()
 
     async def _run(self) -> None:
-        """Recover, then flush every interval. An unexpected error (disk full
+        """Recover, then seal every interval. An unexpected error (disk full
         while starting a segment, say) is logged and retried with backoff;
         it never stops flushing for good."""
-        delays = backoff(base_s=self._config.flush_interval_s, cap_s=30.0)
+        interval = self._config.flush_interval_s
+        delays = backoff(base_s=interval, cap_s=30.0)
         recovered = False
         while True:
             try:
                 if not recovered:
                     await self._recover()
                     recovered = True
-                await asyncio.sleep(self._config.flush_interval_s)
-                await self.flush()
-                delays = backoff(base_s=self._config.flush_interval_s, cap_s=30.0)
+                await asyncio.sleep(interval)
+                await self.seal()
+                delays = backoff(base_s=interval, cap_s=30.0)
             except Exception:
                 log.exception("flush loop failed; retrying")
-                self._flush_errors.add(1, {"retryable": True})
+                self._loop_errors.add(1)
                 await asyncio.sleep(next(delays))
 
     async def _recover(self) -> None:
-        """Store the data of earlier runs' segments under their own writer
-        identity and epoch (merging, so each is applied exactly once)."""
+        """Queue the data of earlier runs' segments under their own writer
+        identity and epoch (merged, so each is applied exactly once)."""
         cutoff = self._clock.now_ms() - self._retention_ms
         while self._old_segments:
             segment = self._old_segments[0]
-            if segment.path.exists():
-                aggregator = await asyncio.to_thread(
-                    _aggregate_segment, segment, self._config.hot_minutes, cutoff
-                )
-                rows = await self._store(
-                    aggregator.take_dirty(), writer=segment.generation, epoch=segment.epoch
-                )
-                log.info("recovered wal segment %s (%d rows)", segment.path.name, rows)
-                await self._wal.delete(segment)
+            aggregator = await asyncio.to_thread(
+                _aggregate_segment, segment, self._config.hot_minutes, cutoff
+            )
+            pending = aggregator.take_dirty()
+            log.info("recovering wal segment %s (%d aggregates)", segment.path.name, len(pending))
+            await self._delivery.submit((segment.generation, segment.epoch), self._split(pending))
             self._old_segments.pop(0)
 
-    async def _store(self, pending: list[PendingPartial], *, writer: str, epoch: int) -> int:
-        delays = backoff()
-        while True:
-            started = time.perf_counter()
-            try:
-                rows = await write_pending(self._storage, pending, writer=writer, epoch=epoch)
-            except StorageError as error:
-                self._flush_errors.add(1, {"retryable": error.is_retryable})
-                delay = next(delays)
-                log.warning("flush of epoch %d failed: %s; retrying in %.2fs", epoch, error, delay)
-                await asyncio.sleep(delay)
-                continue
-            self._flush_seconds.record(time.perf_counter() - started)
-            self._flush_rows.add(rows)
-            return rows
+    def _split(self, pending: list[PendingPartial]) -> dict[str, list[PendingPartial]]:
+        """Each pending aggregate under every target its app writes to."""
+        parts: dict[str, list[PendingPartial]] = defaultdict(list)
+        targets_of: dict[str, Sequence[str]] = {}
+        for item in pending:
+            app = item.series.app
+            if app not in targets_of:
+                targets_of[app] = self._routing(app)
+            for name in targets_of[app]:
+                parts[name].append(item)
+        return parts
+
+    async def _segment_stored(self, segment: SegmentId) -> None:
+        generation, epoch = segment
+        await self._wal.delete(Segment.named(self._config.wal_dir, generation, epoch))
 
 
 def _read_records(segment: Segment) -> list[records.WriteRecord | list[records.KeyEntry]]:

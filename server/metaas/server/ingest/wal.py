@@ -145,14 +145,6 @@ class WriteAheadLog:
     async def delete(self, segment: Segment) -> None:
         await self._in_thread(segment.path.unlink, missing_ok=True)
 
-    async def delete_through(self, epoch: int) -> None:
-        """Delete this generation's sealed segments up to ``epoch``."""
-        for segment in list_segments(self.directory):
-            if segment.generation == self.generation and segment.epoch <= min(
-                epoch, self._epoch - 1
-            ):
-                await self.delete(segment)
-
     async def close(self) -> None:
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
