@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
+from metaas.server.api.admin import MigrationAdminServicer
 from metaas.server.api.auth import Authenticator
 from metaas.server.api.ingest import MetricsIngestServicer
 from metaas.server.api.query import MetricsQueryServicer
@@ -15,11 +16,35 @@ from metaas.server.api.server import Api
 from metaas.server.clock import Clock, SystemClock
 from metaas.server.config import Settings
 from metaas.server.ingest.pipeline import IngestPipeline
+from metaas.server.migration.flags import open_flags
+from metaas.server.migration.router import MigrationRouter
+from metaas.server.migration.stages import Role
+from metaas.server.migration.window import MigrationWindow
 from metaas.server.query import QueryEngine
-from metaas.server.storage import StorageContext, open_storage
+from metaas.server.storage import Storage, StorageContext, open_storage
 from metaas.server.telemetry import Telemetry
 
 log = logging.getLogger("metaas.server")
+
+
+@contextlib.asynccontextmanager
+async def _backends(
+    settings: Settings, context: StorageContext, window: MigrationWindow
+) -> AsyncIterator[dict[Role, Storage]]:
+    """The old backend, and the new one when a migration is configured."""
+    urls = {Role.OLD: settings.storage_url}
+    if settings.migration.target_url is not None:
+        urls[Role.NEW] = settings.migration.target_url
+    opened: dict[Role, Storage] = {}
+    try:
+        for role, url in urls.items():
+            opened[role] = await open_storage(
+                url, context, role=role.value, on_call=window.record_call
+            )
+        yield opened
+    finally:
+        for storage in opened.values():
+            await storage.close()
 
 
 async def serve(
@@ -35,69 +60,100 @@ async def serve(
     clock = clock or SystemClock()
     retention_ms = settings.retention.retention_ms
     stop = stop or asyncio.Event()
-    storage = await open_storage(
-        settings.storage_url,
-        StorageContext(retention_ms, clock=clock, codec=settings.codec, telemetry=telemetry),
-    )
+    context = StorageContext(retention_ms, clock=clock, codec=settings.codec, telemetry=telemetry)
+    migration = settings.migration
+    window = MigrationWindow(window_s=migration.window_s)
     try:
-        pipeline = IngestPipeline(
-            settings.ingest,
-            retention_ms=retention_ms,
-            storage=storage,
-            clock=clock,
-            telemetry=telemetry,
-        )
-        await pipeline.start()
-        try:
-            tracer = telemetry.tracer
-            authenticator = Authenticator(settings.security)
-            if settings.security.insecure and not settings.security.authenticates:
-                log.warning(
-                    "serving on %s WITHOUT authentication (--insecure): any client that "
-                    "reaches it may read and write every app",
-                    settings.server.listen,
-                )
-            api = Api(
-                settings.server,
-                settings.security,
-                MetricsIngestServicer(
-                    pipeline,
-                    limits=settings.limits,
-                    retention_ms=retention_ms,
-                    clock=clock,
-                    tracer=tracer,
-                    authenticator=authenticator,
+        async with _backends(settings, context, window) as backends:
+            router = MigrationRouter(
+                backends[Role.OLD],
+                backends.get(Role.NEW),
+                engine=QueryEngine(retention_ms=retention_ms, clock=clock),
+                flags=(
+                    open_flags(migration.flags_file, migration.flags_provider, telemetry)
+                    if migration.enabled
+                    else None
                 ),
-                MetricsQueryServicer(
-                    QueryEngine(storage, retention_ms=retention_ms, clock=clock),
-                    storage,
-                    limits=settings.limits,
-                    tracer=tracer,
-                    authenticator=authenticator,
-                ),
+                config=migration,
+                window=window,
+                telemetry=telemetry,
+                clock=clock,
             )
-            await api.start()
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, stop.set)
-            log.info(
-                "metaas serving on %s (port %d), storage %s, writer %s",
-                settings.server.listen,
-                api.port,
-                storage.name,
-                pipeline.generation,
+            pipeline = IngestPipeline(
+                settings.ingest,
+                retention_ms=retention_ms,
+                storage={role.value: storage for role, storage in backends.items()},
+                clock=clock,
+                telemetry=telemetry,
+                routing=router.write_targets,
             )
-            if on_ready is not None:
-                on_ready(api.port)
-            await stop.wait()
-            log.info("shutting down: draining RPCs, then flushing")
-            await api.stop(settings.server.shutdown_grace_s)
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(signum)
-        finally:
-            await pipeline.stop()
+            await pipeline.start()
+            try:
+                await _serve_api(settings, telemetry, clock, router, pipeline, stop, on_ready)
+            finally:
+                await pipeline.stop()
     finally:
-        await storage.close()
         telemetry.shutdown()
     log.info("stopped")
+
+
+async def _serve_api(
+    settings: Settings,
+    telemetry: Telemetry,
+    clock: Clock,
+    router: MigrationRouter,
+    pipeline: IngestPipeline,
+    stop: asyncio.Event,
+    on_ready: Callable[[int], None] | None,
+) -> None:
+    tracer = telemetry.tracer
+    authenticator = Authenticator(settings.security)
+    if settings.security.insecure and not settings.security.authenticates:
+        log.warning(
+            "serving on %s WITHOUT authentication (--insecure): any client that "
+            "reaches it may read and write every app",
+            settings.server.listen,
+        )
+    api = Api(
+        settings.server,
+        settings.security,
+        MetricsIngestServicer(
+            pipeline,
+            limits=settings.limits,
+            retention_ms=settings.retention.retention_ms,
+            clock=clock,
+            tracer=tracer,
+            authenticator=authenticator,
+        ),
+        MetricsQueryServicer(
+            router, limits=settings.limits, tracer=tracer, authenticator=authenticator
+        ),
+        MigrationAdminServicer(
+            router,
+            write_lag_s=pipeline.write_lag_s,
+            tracer=tracer,
+            authenticator=authenticator,
+        ),
+    )
+    await api.start()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info(
+        "metaas serving on %s (port %d), storage %s%s, writer %s",
+        settings.server.listen,
+        api.port,
+        router.backend_name(Role.OLD),
+        f", migrating to {router.backend_name(Role.NEW)}" if router.enabled else "",
+        pipeline.generation,
+    )
+    if on_ready is not None:
+        on_ready(api.port)
+    try:
+        await stop.wait()
+        log.info("shutting down: draining RPCs, then flushing")
+        await api.stop(settings.server.shutdown_grace_s)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)

@@ -172,6 +172,46 @@ class CodecConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MigrationConfig:
+    """Migration from ``METAAS_STORAGE`` (old) to ``METAAS_MIGRATION_TARGET``
+    (new), staged per app by the flags in ``METAAS_FLAGS``."""
+
+    target_url: str | None = None
+    flags_file: Path | None = None
+    flags_provider: str | None = None
+    # A shadow read never delays an answer by more than this.
+    shadow_timeout_s: float = 0.25
+    relative_tolerance: float = 1e-9
+    # The newest minutes may differ while both backends catch up; not compared.
+    ignore_newest_minutes: int = 2
+    window_s: float = 300.0
+    # In live and rampdown, reads fall back to the old backend for an app when,
+    # over the window and with at least guard_min_samples, the new one errs or
+    # disagrees more often than this.
+    guard_error_rate: float = 0.05
+    guard_mismatch_rate: float = 0.05
+    guard_min_samples: int = 20
+
+    def __post_init__(self) -> None:
+        if self.shadow_timeout_s <= 0:
+            raise ConfigError("shadow timeout", self.shadow_timeout_s, "seconds > 0")
+        if not 0 <= self.relative_tolerance < 1:
+            raise ConfigError("compare tolerance", self.relative_tolerance, "0 <= t < 1")
+        if self.ignore_newest_minutes < 0:
+            raise ConfigError("ignore newest minutes", self.ignore_newest_minutes, ">= 0")
+        for name, rate in (
+            ("guard error rate", self.guard_error_rate),
+            ("guard mismatch rate", self.guard_mismatch_rate),
+        ):
+            if not 0 < rate <= 1:
+                raise ConfigError(name, rate, "a fraction in (0, 1]")
+
+    @property
+    def enabled(self) -> bool:
+        return self.target_url is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything ``metaas serve`` needs."""
 
@@ -182,6 +222,7 @@ class Settings:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    migration: MigrationConfig = field(default_factory=MigrationConfig)
 
     def __post_init__(self) -> None:
         if (

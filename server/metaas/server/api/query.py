@@ -13,8 +13,7 @@ from metaas.server.api.errors import RequestError, abort
 from metaas.server.api.tracing import rpc_span
 from metaas.server.api.validation import validate_list_series, validate_query
 from metaas.server.config import LimitsConfig
-from metaas.server.query import QueryEngine
-from metaas.server.storage.base import Storage
+from metaas.server.migration.router import MigrationRouter
 from metaas.server.storage.errors import StorageError
 from metaas.v1 import query_pb2, query_pb2_grpc
 
@@ -25,16 +24,14 @@ _T = TypeVar("_T")
 class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
     def __init__(
         self,
-        engine: QueryEngine,
-        storage: Storage,
+        router: MigrationRouter,
         *,
         limits: LimitsConfig,
         tracer: trace.Tracer,
         authenticator: Authenticator,
     ) -> None:
         self._auth = authenticator
-        self._engine = engine
-        self._storage = storage
+        self._router = router
         self._limits = limits
         self._tracer = tracer
 
@@ -58,12 +55,17 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
     ) -> query_pb2.QueryRangeResponse:
         query = validate_query(request, limits=self._limits)
         principal.require_app(query.app, "app")
-        groups = await _storage_call(self._engine.query_range(query))
-        span.set_attribute("metaas.result.series", len(groups))
-        span.set_attribute("metaas.served_by", self._storage.name)
+        routed = await _storage_call(self._router.query_range(query))
+        span.set_attributes(
+            {
+                "metaas.result.series": len(routed.groups),
+                "metaas.served_by": routed.served_by,
+                "metaas.migration.stage": routed.stage.value,
+            }
+        )
         names = [s.name for s in query.stats]
         return query_pb2.QueryRangeResponse(
-            served_by=self._storage.name,
+            served_by=routed.served_by,
             series=[
                 query_pb2.ResultSeries(
                     labels=dict(group.labels),
@@ -73,7 +75,7 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
                         for name, values in zip(names, group.values, strict=True)
                     ],
                 )
-                for group in groups
+                for group in routed.groups
             ],
         )
 
@@ -97,8 +99,8 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
     ) -> query_pb2.ListSeriesResponse:
         validate_list_series(request, limits=self._limits)
         principal.require_app(request.app, "app")
-        found = await _storage_call(
-            self._storage.list_series(
+        found, _served_by = await _storage_call(
+            self._router.list_series(
                 request.app, request.start_ms, request.end_ms, request.metric or None
             )
         )

@@ -7,14 +7,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from metaas.server.api.admin import SERVICE as ADMIN
+from metaas.server.api.admin import MigrationAdminServicer
 from metaas.server.api.ingest import SERVICE as INGEST
 from metaas.server.api.ingest import MetricsIngestServicer
 from metaas.server.api.query import SERVICE as QUERY
 from metaas.server.api.query import MetricsQueryServicer
 from metaas.server.config import SecurityConfig, ServerConfig
-from metaas.v1 import ingest_pb2_grpc, query_pb2_grpc
+from metaas.v1 import ingest_pb2_grpc, migration_pb2_grpc, query_pb2_grpc
 
-SERVICES = (INGEST, QUERY)
+SERVICES = (INGEST, QUERY, ADMIN)
 
 
 class Api:
@@ -26,6 +28,7 @@ class Api:
         security: SecurityConfig,
         ingest: MetricsIngestServicer,
         query: MetricsQueryServicer,
+        admin: MigrationAdminServicer,
     ) -> None:
         self.config = config
         self.health = HealthServicer()
@@ -37,6 +40,7 @@ class Api:
         )
         ingest_pb2_grpc.add_MetricsIngestServicer_to_server(ingest, self.server)
         query_pb2_grpc.add_MetricsQueryServicer_to_server(query, self.server)
+        migration_pb2_grpc.add_MigrationAdminServicer_to_server(admin, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if config.reflection:
             reflection.enable_server_reflection(

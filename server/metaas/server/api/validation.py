@@ -30,7 +30,7 @@ _LABEL_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class _Violations:
+class Violations:
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []
 
@@ -45,7 +45,7 @@ class _Violations:
             raise RequestError(code, f"{field}: {description}{more}", self.items)
 
 
-def _check_name(v: _Violations, field: str, value: str, limits: LimitsConfig) -> None:
+def _check_name(v: Violations, field: str, value: str, limits: LimitsConfig) -> None:
     if not value:
         v.add(field, "is required")
     elif len(value) > limits.max_name_length:
@@ -55,7 +55,7 @@ def _check_name(v: _Violations, field: str, value: str, limits: LimitsConfig) ->
 
 
 def _check_labels(
-    v: _Violations, field: str, labels: Iterable[tuple[str, str]], limits: LimitsConfig
+    v: Violations, field: str, labels: Iterable[tuple[str, str]], limits: LimitsConfig
 ) -> None:
     items = list(labels)
     if len(items) > limits.max_labels:
@@ -93,7 +93,7 @@ def validate_write(
     limits: LimitsConfig,
 ) -> tuple[list[SeriesBatch], int]:
     """The request's batches and sample count, or RequestError."""
-    v = _Violations()
+    v = Violations()
     size = request.ByteSize()
     if size > limits.max_request_bytes:
         v.add("series", f"request is {size} bytes; at most {limits.max_request_bytes}: split it")
@@ -145,11 +145,11 @@ def validate_write(
 
 
 def validate_query(request: query_pb2.QueryRangeRequest, *, limits: LimitsConfig) -> RangeQuery:
-    v = _Violations()
+    v = Violations()
     _check_name(v, "app", request.app, limits)
     _check_name(v, "metric", request.metric, limits)
     _check_labels(v, "matchers", request.matchers.items(), limits)
-    _check_range(v, request.start_ms, request.end_ms)
+    check_range(v, request.start_ms, request.end_ms)
     step = request.step_ms or MINUTE_MS
     if step < 0 or step % MINUTE_MS:
         v.add("step_ms", f"{request.step_ms} is not a positive multiple of 60000 (or 0 for 60000)")
@@ -194,15 +194,15 @@ def validate_query(request: query_pb2.QueryRangeRequest, *, limits: LimitsConfig
 
 
 def validate_list_series(request: query_pb2.ListSeriesRequest, *, limits: LimitsConfig) -> None:
-    v = _Violations()
+    v = Violations()
     _check_name(v, "app", request.app, limits)
     if request.metric:
         _check_name(v, "metric", request.metric, limits)
-    _check_range(v, request.start_ms, request.end_ms)
+    check_range(v, request.start_ms, request.end_ms)
     v.raise_if_any()
 
 
-def _check_range(v: _Violations, start_ms: int, end_ms: int) -> None:
+def check_range(v: Violations, start_ms: int, end_ms: int) -> None:
     if start_ms < 0:
         v.add("start_ms", f"{start_ms} is negative; expected Unix epoch milliseconds")
     if end_ms <= start_ms:

@@ -16,6 +16,7 @@ from metaas.server.config import (
     CodecConfig,
     ConfigError,
     IngestConfig,
+    MigrationConfig,
     RetentionConfig,
     SecurityConfig,
     ServerConfig,
@@ -87,6 +88,45 @@ def main() -> None:
     help="Serve gRPC reflection (for grpcurl). [env METAAS_REFLECTION]",
 )
 @click.option(
+    "--migration-target",
+    envvar="METAAS_MIGRATION_TARGET",
+    help="Storage URL of the backend to migrate to; turns migration on. "
+    "[env METAAS_MIGRATION_TARGET]",
+)
+@click.option(
+    "--flags",
+    envvar="METAAS_FLAGS",
+    type=click.Path(path_type=Path),
+    help="flagd flag file with migration-stage and migration-check-ratio. [env METAAS_FLAGS]",
+)
+@click.option(
+    "--flags-provider",
+    envvar="METAAS_FLAGS_PROVIDER",
+    help="flagd-file (default), flagd (a flagd service, FLAGD_* variables), or "
+    "module:factory returning an OpenFeature provider. [env METAAS_FLAGS_PROVIDER]",
+)
+@click.option(
+    "--shadow-timeout-s",
+    envvar="METAAS_SHADOW_TIMEOUT_S",
+    type=float,
+    default=_DEFAULTS.migration.shadow_timeout_s,
+    help="Longest wait for a shadow read. [env METAAS_SHADOW_TIMEOUT_S]",
+)
+@click.option(
+    "--compare-tolerance",
+    envvar="METAAS_COMPARE_TOLERANCE",
+    type=float,
+    default=_DEFAULTS.migration.relative_tolerance,
+    help="Relative difference below which values match. [env METAAS_COMPARE_TOLERANCE]",
+)
+@click.option(
+    "--compare-ignore-newest-minutes",
+    envvar="METAAS_COMPARE_IGNORE_NEWEST_MINUTES",
+    type=int,
+    default=_DEFAULTS.migration.ignore_newest_minutes,
+    help="Newest minutes left out of comparisons. [env METAAS_COMPARE_IGNORE_NEWEST_MINUTES]",
+)
+@click.option(
     "--tls-cert",
     envvar="METAAS_TLS_CERT",
     type=click.Path(path_type=Path),
@@ -146,6 +186,12 @@ def serve(
     idempotency_window_s: float,
     shutdown_grace_s: float,
     reflection: bool,
+    migration_target: str | None,
+    flags: Path | None,
+    flags_provider: str | None,
+    shadow_timeout_s: float,
+    compare_tolerance: float,
+    compare_ignore_newest_minutes: int,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_client_ca: Path | None,
@@ -176,6 +222,14 @@ def serve(
             retention=RetentionConfig(days=retention_days),
             codec=CodecConfig(compression, compression_threshold_bytes),
             security=SecurityConfig(tls_cert, tls_key, tls_client_ca, auth_tokens, insecure),
+            migration=MigrationConfig(
+                target_url=migration_target or None,
+                flags_file=flags,
+                flags_provider=flags_provider,
+                shadow_timeout_s=shadow_timeout_s,
+                relative_tolerance=compare_tolerance,
+                ignore_newest_minutes=compare_ignore_newest_minutes,
+            ),
         )
         telemetry = from_environment()
     except ConfigError as error:

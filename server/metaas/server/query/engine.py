@@ -37,17 +37,16 @@ class ResultGroup:
 
 
 class QueryEngine:
-    def __init__(self, reader: PartialReader, *, retention_ms: int, clock: Clock) -> None:
-        self._reader = reader
+    def __init__(self, *, retention_ms: int, clock: Clock) -> None:
         self._retention_ms = retention_ms
         self._clock = clock
 
-    async def query_range(self, query: RangeQuery) -> list[ResultGroup]:
+    async def query_range(self, reader: PartialReader, query: RangeQuery) -> list[ResultGroup]:
         """Groups sorted by labels; each with the buckets that have data."""
         start = max(query.start_ms, self._clock.now_ms() - self._retention_ms)
         if start >= query.end_ms:
             return []
-        partials = await self._reader.read_partials(query.app, query.metric, start, query.end_ms)
+        partials = await reader.read_partials(query.app, query.metric, start, query.end_ms)
         buckets: dict[Labels, dict[int, Distribution]] = defaultdict(dict)
         for partial in partials:
             if not _matches(partial.series, query.matchers):

@@ -20,7 +20,7 @@ from metaas.server.config import ConfigError
 from metaas.server.storage.base import PartialReader, PartialWriter, Storage
 from metaas.server.storage.context import StorageContext
 from metaas.server.storage.errors import Invalid, StorageError, Throttled, Unavailable
-from metaas.server.storage.instrumented import InstrumentedStorage
+from metaas.server.storage.instrumented import CallObserver, InstrumentedStorage
 
 BACKENDS: Final = {
     "sqlite": "metaas.server.storage.sqlite",
@@ -53,11 +53,18 @@ def _backend(url: str, function: str) -> Callable[[str, StorageContext], Awaitab
     return cast(Callable[[str, StorageContext], Awaitable[object]], getattr(module, function))
 
 
-async def open_storage(url: str, context: StorageContext) -> Storage:
+async def open_storage(
+    url: str,
+    context: StorageContext,
+    *,
+    role: str | None = None,
+    on_call: CallObserver | None = None,
+) -> Storage:
     """Open the backend named by ``url`` (see the README for each scheme),
-    with a span and latency metrics around every call."""
+    with a span and latency metrics around every call; ``role`` (old or new
+    during a migration) is added to both, and ``on_call`` sees every call."""
     backend = cast(Storage, await _backend(url, "open_backend")(url, context))
-    return InstrumentedStorage(backend, context.telemetry)
+    return InstrumentedStorage(backend, context.telemetry, role=role, on_call=on_call)
 
 
 async def apply_schema(url: str, context: StorageContext) -> str:

@@ -4,7 +4,7 @@ backend call. It implements the same Protocol as what it wraps."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -15,6 +15,8 @@ from metaas.server.storage.errors import StorageError
 from metaas.server.telemetry import Telemetry
 
 _T = TypeVar("_T")
+# (role, backend, operation, seconds, failed)
+CallObserver = Callable[[str, str, str, float, bool], None]
 
 
 class InstrumentedStorage:
@@ -22,8 +24,17 @@ class InstrumentedStorage:
     and the outcome; histogram ``metaas.storage.duration`` and counter
     ``metaas.storage.errors`` by backend and operation."""
 
-    def __init__(self, inner: Storage, telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        inner: Storage,
+        telemetry: Telemetry,
+        *,
+        role: str | None = None,
+        on_call: CallObserver | None = None,
+    ) -> None:
         self._inner = inner
+        self._role = role
+        self._on_call = on_call
         self._tracer = telemetry.tracer
         meter = telemetry.meter
         self._duration = meter.create_histogram(
@@ -67,6 +78,8 @@ class InstrumentedStorage:
     async def _call(self, operation: str, call: Awaitable[_T], items: int | None = None) -> _T:
         system = self._inner.name
         attributes = {"db.system": system, "db.operation": operation}
+        if self._role is not None:
+            attributes["metaas.backend.role"] = self._role
         with self._tracer.start_as_current_span(
             f"{system} {operation}",
             kind=SpanKind.CLIENT,
@@ -93,3 +106,5 @@ class InstrumentedStorage:
                 elapsed = time.perf_counter() - started
                 span.set_attribute("metaas.storage.outcome", outcome)
                 self._duration.record(elapsed, {**attributes, "outcome": outcome})
+                if self._on_call is not None and outcome != "cancelled":
+                    self._on_call(self._role or system, system, operation, elapsed, outcome != "ok")

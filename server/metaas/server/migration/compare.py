@@ -1,0 +1,87 @@
+"""Comparing an authoritative answer with a shadow one (Scientist's
+Observation and Result): immutable values published through one seam."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from metaas.server.query import ResultGroup
+
+MAX_DIFF_LINES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One backend's answer to one read: its value or error, and duration."""
+
+    role: str
+    backend: str
+    duration_s: float
+    value: tuple[ResultGroup, ...] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    app: str
+    metric: str
+    stage: str
+    at_ms: int
+    primary: Observation
+    candidate: Observation
+    consistent: bool
+    diff: tuple[str, ...] = ()
+
+    @property
+    def latency_delta_ms(self) -> float:
+        """Candidate minus primary duration."""
+        return (self.candidate.duration_s - self.primary.duration_s) * 1000
+
+
+def compare_results(
+    primary: Sequence[ResultGroup],
+    candidate: Sequence[ResultGroup],
+    stat_names: Sequence[str],
+    *,
+    relative_tolerance: float,
+    newer_than_ms: int,
+) -> tuple[str, ...]:
+    """Differences (at most MAX_DIFF_LINES), ignoring buckets starting at or
+    after ``newer_than_ms``. Empty means consistent."""
+    diff: list[str] = []
+    left = {g.labels: g for g in primary}
+    right = {g.labels: g for g in candidate}
+    for labels in sorted(set(left) | set(right)):
+        name = "{" + ",".join(f"{k}={v}" for k, v in labels) + "}"
+        a_points = _points(left.get(labels), newer_than_ms)
+        b_points = _points(right.get(labels), newer_than_ms)
+        for t in sorted(set(a_points) | set(b_points)):
+            a, b = a_points.get(t), b_points.get(t)
+            if a is None or b is None:
+                diff.append(f"{name} t={t}: only in {'primary' if b is None else 'shadow'}")
+            else:
+                for stat, x, y in zip(stat_names, a, b, strict=True):
+                    if not _close(x, y, relative_tolerance):
+                        diff.append(f"{name} t={t} {stat}: primary={x:.6g} shadow={y:.6g}")
+                        break
+            if len(diff) >= MAX_DIFF_LINES:
+                return tuple(diff)
+    return tuple(diff)
+
+
+def _points(group: ResultGroup | None, newer_than_ms: int) -> dict[int, tuple[float, ...]]:
+    if group is None:
+        return {}
+    return {
+        t: tuple(column[i] for column in group.values)
+        for i, t in enumerate(group.times_ms)
+        if t < newer_than_ms
+    }
+
+
+def _close(x: float, y: float, tolerance: float) -> bool:
+    if math.isnan(x) or math.isnan(y):
+        return math.isnan(x) and math.isnan(y)
+    return abs(x - y) <= tolerance * max(abs(x), abs(y)) or abs(x - y) <= 1e-12
