@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 
 import grpc
@@ -18,7 +18,14 @@ from metaas.client._channel import (
 from metaas.client._convert import query_request, query_result, series_list, write_request
 from metaas.client._errors import MetaasError
 from metaas.client._types import QueryResult, Series, SeriesList, TimeLike, to_ms
-from metaas.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
+from metaas.v1 import (
+    ingest_pb2,
+    ingest_pb2_grpc,
+    migration_pb2,
+    migration_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+)
 
 
 class Client:
@@ -51,6 +58,7 @@ class Client:
         )
         self._ingest = ingest_pb2_grpc.MetricsIngestStub(self._channel)
         self._query = query_pb2_grpc.MetricsQueryStub(self._channel)
+        self._admin = migration_pb2_grpc.MigrationAdminStub(self._channel)
         self._timeout = timeout
         self._metadata = call_metadata(token, metadata)
 
@@ -113,6 +121,39 @@ class Client:
         except grpc.RpcError as error:
             raise MetaasError.from_rpc_error(error) from None
         return series_list(response)
+
+    def migration_status(
+        self, app: str = "", *, include_history: bool = False, timeout: float | None = None
+    ) -> migration_pb2.GetMigrationStatusResponse:
+        """MigrationAdmin.GetMigrationStatus (admin callers)."""
+        try:
+            response: migration_pb2.GetMigrationStatusResponse = self._admin.GetMigrationStatus(
+                migration_pb2.GetMigrationStatusRequest(app=app, include_history=include_history),
+                timeout=self._deadline(timeout),
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as error:
+            raise MetaasError.from_rpc_error(error) from None
+        return response
+
+    def verify_range(
+        self,
+        app: str,
+        start: TimeLike,
+        end: TimeLike,
+        *,
+        repair: bool = False,
+        metrics: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> Iterator[migration_pb2.VerifyRangeResponse]:
+        """MigrationAdmin.VerifyRange: progress messages, the last one done."""
+        request = migration_pb2.VerifyRangeRequest(
+            app=app, start_ms=to_ms(start), end_ms=to_ms(end), repair=repair, metrics=list(metrics)
+        )
+        try:
+            yield from self._admin.VerifyRange(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise MetaasError.from_rpc_error(error) from None
 
     def close(self) -> None:
         self._channel.close()

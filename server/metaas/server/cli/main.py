@@ -10,6 +10,7 @@ import click
 
 from metaas.client import DEFAULT_TARGET
 from metaas.server.cli.demo import demo
+from metaas.server.cli.migration import migration
 from metaas.server.cli.query import query
 from metaas.server.cli.write import write
 from metaas.server.config import (
@@ -270,7 +271,7 @@ def schema_apply(storage: str, retention_days: int) -> None:
         raise click.UsageError(str(error)) from error
 
 
-for command in (write, query, demo):
+for command in (write, query, demo, migration):
     main.add_command(command)
 
 __all__ = ["DEFAULT_TARGET", "main"]

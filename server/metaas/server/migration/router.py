@@ -140,6 +140,7 @@ class MigrationRouter:
         fallback = self.fallbacks.get(app)
         if fallback is not None and fallback.stage is not stage:
             del self.fallbacks[app]  # an operator moved the app on
+            self.window.forget_app(app)
             log.info("fallback for app %s cleared: stage is now %s", app, stage)
             fallback = None
         return Role.OLD if fallback is not None and plan.fallback_allowed else plan.reads

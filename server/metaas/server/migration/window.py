@@ -132,6 +132,11 @@ class MigrationWindow:
         self._reads.append((self._now(), app, role, failed))
         self._trim()
 
+    def forget_app(self, app: str) -> None:
+        """Start the app's guard-rail window afresh (after an operator acted)."""
+        self._reads = deque(r for r in self._reads if r[1] != app)
+        self._comparisons = deque(c for c in self._comparisons if c[1] != app)
+
     def rates(self, app: str, role: str) -> tuple[int, float, int, float]:
         """For one app over the window: reads by ``role`` and their error
         rate, comparisons and their mismatch rate."""

@@ -1,0 +1,165 @@
+"""The migration router with real SQLite backends and injected faults."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from metaas.server.config import MigrationConfig
+from metaas.server.migration.flags import FixedFlags
+from metaas.server.migration.router import MigrationRouter
+from metaas.server.migration.stages import Stage
+from metaas.server.model import Partial, SeriesKey
+from metaas.server.query import QueryEngine, RangeQuery, parse_stat
+from metaas.server.sketch import Distribution
+from metaas.server.storage import Storage, StorageContext, Unavailable, open_storage
+from metaas.server.telemetry import noop
+from tests.conformance.conftest import RETENTION_MS, FixedClock
+
+MINUTE = 60_000
+NOW = 1_800_000_000_000
+
+
+class Faulty:
+    """Wraps a storage: reads wait ``delay_s`` and then fail when ``failing``."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.delay_s = 0.0
+        self.failing = False
+
+    @property
+    def name(self) -> str:
+        return "faulty-" + self.inner.name
+
+    async def read_partials(self, *args: Any) -> Sequence[Partial]:
+        await asyncio.sleep(self.delay_s)
+        if self.failing:
+            raise Unavailable("injected failure", backend=self.name)
+        return await self.inner.read_partials(*args)
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.inner, attribute)
+
+
+@pytest.fixture
+async def backends(tmp_path: Path) -> AsyncIterator[tuple[Storage, Faulty]]:
+    clock = FixedClock(NOW)
+    old = await open_storage(
+        f"sqlite:///{tmp_path / 'old.db'}", StorageContext(RETENTION_MS, clock=clock)
+    )
+    new = await open_storage(
+        f"sqlite:///{tmp_path / 'new.db'}", StorageContext(RETENTION_MS, clock=clock)
+    )
+    partial = Partial(
+        SeriesKey.of("app", "m"),
+        NOW - 10 * MINUTE,
+        "w",
+        1,
+        Distribution.from_values(np.array([1.0, 2.0, 3.0])),
+    )
+    await old.write_partials([partial])
+    await new.write_partials([partial])
+    yield old, Faulty(new)
+    await old.close()
+    await new.close()
+
+
+def router(old: Storage, new: Storage, stage: Stage, **config: Any) -> MigrationRouter:
+    return MigrationRouter(
+        old,
+        new,  # type: ignore[arg-type]
+        engine=QueryEngine(retention_ms=RETENTION_MS, clock=FixedClock(NOW)),
+        flags=FixedFlags(stage, 1.0),
+        config=MigrationConfig(target_url="x://", **config),
+        telemetry=noop(),
+        clock=FixedClock(NOW),
+    )
+
+
+QUERY = RangeQuery(
+    "app",
+    "m",
+    (),
+    NOW - 60 * MINUTE,
+    NOW,
+    MINUTE,
+    tuple(s for s in map(parse_stat, ["count", "p50"]) if s),
+    (),
+)
+
+
+async def test_slow_shadow_never_delays_beyond_its_timeout(
+    backends: tuple[Storage, Faulty],
+) -> None:
+    old, new = backends
+    new.delay_s = 2.0
+    r = router(old, new, Stage.SHADOW, shadow_timeout_s=0.2)
+    started = time.perf_counter()
+    routed = await r.query_range(QUERY)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 0.2 + 0.15, elapsed
+    assert routed.groups[0].values[0] == (3.0,)
+    assert routed.comparison is not None
+    assert not routed.comparison.consistent
+    assert routed.comparison.candidate.error is not None
+    assert "timed out" in routed.comparison.candidate.error
+
+
+async def test_failing_shadow_never_fails_a_query(backends: tuple[Storage, Faulty]) -> None:
+    old, new = backends
+    new.failing = True
+    r = router(old, new, Stage.SHADOW)
+    for _ in range(5):
+        routed = await r.query_range(QUERY)
+        assert routed.groups[0].values[0] == (3.0,)
+    assert r.window.total_comparisons == 5
+    assert r.window.total_mismatches == 5
+
+
+async def test_consistent_backends_compare_equal(backends: tuple[Storage, Faulty]) -> None:
+    old, new = backends
+    r = router(old, new, Stage.LIVE)
+    routed = await r.query_range(QUERY)
+    assert routed.served_by == new.name
+    assert routed.comparison is not None
+    assert routed.comparison.consistent
+    assert routed.comparison.primary.role == "new"
+    assert routed.comparison.candidate.role == "old"
+
+
+async def test_guard_rail_falls_back_when_the_new_backend_fails(
+    backends: tuple[Storage, Faulty],
+) -> None:
+    old, new = backends
+    new.failing = True
+    r = router(old, new, Stage.LIVE, guard_min_samples=5)
+    for _ in range(5):
+        routed = await r.query_range(QUERY)  # each answered by the old backend
+        assert routed.served_by == "sqlite"
+        assert routed.groups[0].values[0] == (3.0,)
+    assert "app" in r.fallbacks
+    assert "error rate" in r.fallbacks["app"].reason
+    new.failing = False
+    routed = await r.query_range(QUERY)
+    assert routed.served_by == "sqlite"  # sticky until an operator changes the stage
+    r.flags = FixedFlags(Stage.RAMPDOWN, 1.0)
+    routed = await r.query_range(QUERY)
+    assert routed.served_by == new.name
+    assert "app" not in r.fallbacks
+
+
+async def test_no_fallback_once_the_old_backend_stops_receiving_writes(
+    backends: tuple[Storage, Faulty],
+) -> None:
+    old, new = backends
+    new.failing = True
+    r = router(old, new, Stage.COMPLETE)
+    with pytest.raises(Unavailable):
+        await r.query_range(QUERY)
