@@ -1,0 +1,157 @@
+"""One app walked through every stage on a real server (SQLite old and new):
+where writes land, which backend serves, when comparisons happen; flag
+changes without restart; mismatches found, verified and repaired."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from metaas.client import Client, Series
+from tests.migration.support import STAGES, sqlite_count, write_flags
+from tests.support import ServerProcess, eventually
+
+MINUTE = 60_000
+APP = "walk"
+# stage -> (old gets writes, new gets writes, reads by role, compared)
+TABLE = {
+    "off": (True, False, "old", False),
+    "dualwrite": (True, True, "old", False),
+    "shadow": (True, True, "old", True),
+    "live": (True, True, "new", True),
+    "rampdown": (True, True, "new", False),
+    "complete": (False, True, "new", False),
+}
+
+
+@pytest.fixture
+def migrating(tmp_path: Path):  # type: ignore[no-untyped-def]
+    flags = tmp_path / "flags.json"
+    write_flags(flags, {})
+    server = ServerProcess(
+        tmp_path / "server",
+        storage=f"sqlite:///{tmp_path / 'old.db'}",
+        extra=(
+            "--migration-target",
+            f"sqlite:///{tmp_path / 'new.db'}",
+            "--flags",
+            str(flags),
+            "--compare-ignore-newest-minutes",
+            "0",
+        ),
+    ).start()
+    try:
+        yield server, flags, tmp_path / "old.db", tmp_path / "new.db"
+    finally:
+        server.stop()
+
+
+def reads_by_role(client: Client) -> dict[str, int]:
+    return {b.role: b.reads for b in client.migration_status().backends}
+
+
+def test_one_app_through_all_six_stages(migrating) -> None:  # type: ignore[no-untyped-def]
+    server, flags, old_db, new_db = migrating
+    minute = time.time_ns() // 1_000_000 // MINUTE * MINUTE - 5 * MINUTE
+    with Client(server.target) as client:
+        for stage in STAGES:
+            write_flags(flags, {APP: stage})
+            started = time.monotonic()
+            eventually(lambda s=stage: _assert_stage(client, s), timeout=5)
+            assert time.monotonic() - started < 5
+
+            label = f'"phase":"{stage}"'
+            client.write(
+                [
+                    Series(
+                        APP,
+                        "latency",
+                        [minute + i for i in range(10)],
+                        [float(i) for i in range(10)],
+                        {"phase": stage},
+                    )
+                ]
+            )
+            old_gets, new_gets, reader, compared = TABLE[stage]
+            expected = (10 if old_gets else 0, 10 if new_gets else 0)
+            eventually(lambda lb=label, e=expected: _assert_counts(old_db, new_db, lb, e))
+
+            before_reads = reads_by_role(client)
+            before_comparisons = client.migration_status().comparisons
+            result = client.query_range(
+                APP, "latency", minute, minute + MINUTE, stats=["count"], matchers={"phase": stage}
+            )
+            assert result.series[0].stats["count"] == (10.0,), stage
+            assert result.served_by == "sqlite"
+            after = client.migration_status()
+            reads = {b.role: b.reads for b in after.backends}
+            assert reads.get(reader, 0) > before_reads.get(reader, 0), stage
+            assert after.comparisons == before_comparisons + (1 if compared else 0), stage
+            assert after.mismatches == 0, (stage, list(after.recent_mismatches))
+
+
+def _assert_stage(client: Client, stage: str) -> None:
+    assert client.migration_status(APP).stage == stage
+
+
+def _assert_counts(old_db: Path, new_db: Path, label: str, expected: tuple[int, int]) -> None:
+    assert (sqlite_count(old_db, APP, label), sqlite_count(new_db, APP, label)) == expected
+
+
+def test_mismatches_found_then_verified_and_repaired(migrating) -> None:  # type: ignore[no-untyped-def]
+    server, flags, old_db, new_db = migrating
+    minute = time.time_ns() // 1_000_000 // MINUTE * MINUTE - 5 * MINUTE
+    with Client(server.target) as client:
+        client.write(
+            [Series(APP, "latency", [minute + 1, minute + 2], [5.0, 7.0], {"dyno": "web.1"})]
+        )
+        eventually(lambda: _assert_counts(old_db, new_db, "web.1", (2, 0)))  # written while off
+
+        write_flags(flags, {APP: "shadow"})
+        eventually(lambda: _assert_stage(client, "shadow"), timeout=5)
+        client.query_range(APP, "latency", minute, minute + MINUTE, stats=["count", "max"])
+        status = client.migration_status(APP)
+        assert status.mismatches == 1
+        (sample,) = status.recent_mismatches
+        assert sample.app == APP
+        assert sample.diff
+        assert "only in primary" in sample.diff[0]
+
+        progress = list(client.verify_range(APP, minute - MINUTE, minute + MINUTE))
+        assert progress[-1].done
+        assert progress[-1].partials_mismatched == 1
+        assert progress[-1].partials_repaired == 0
+        assert "missing on new" in progress[-1].samples[0]
+
+        repaired = list(client.verify_range(APP, minute - MINUTE, minute + MINUTE, repair=True))
+        assert repaired[-1].partials_repaired == 1
+        assert sqlite_count(new_db, APP, "web.1") == 2
+        assert (
+            list(client.verify_range(APP, minute - MINUTE, minute + MINUTE))[-1].partials_mismatched
+            == 0
+        )
+
+        client.query_range(APP, "latency", minute, minute + MINUTE, stats=["count", "max"])
+        later = client.migration_status(APP)
+        assert later.comparisons == status.comparisons + 1
+        assert later.mismatches == status.mismatches  # consistent now
+
+
+def test_broken_flag_file_changes_nothing(migrating) -> None:  # type: ignore[no-untyped-def]
+    server, flags, _, _ = migrating
+    with Client(server.target) as client:
+        write_flags(flags, {APP: "live"})
+        eventually(lambda: _assert_stage(client, "live"), timeout=5)
+        flags.write_text('{"flags": {"migration-stage": ')
+        time.sleep(2.5)
+        assert client.migration_status(APP).stage == "live"
+        minute = time.time_ns() // 1_000_000 // MINUTE * MINUTE
+        client.write([Series(APP, "m", [minute], [1.0])])
+        assert client.query_range(APP, "m", minute - MINUTE, minute + MINUTE).served_by == "sqlite"
+        write_flags(flags, {APP: "rampdown"})
+        eventually(lambda: _assert_stage(client, "rampdown"), timeout=5)
+    log = server.log()
+    assert log.count("flags rejected") == 1
+    assert "Traceback" not in log
