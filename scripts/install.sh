@@ -22,4 +22,12 @@ fi
 if [ ! -x .tools/bin/buf ]; then
   go install "github.com/bufbuild/buf/cmd/buf@${BUF_VERSION}"
 fi
+# Headless Chromium renders the migration report in its screenshot test.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium is missing: install Debian's chromium package (the report test needs it)" >&2
+  fi
+fi
 touch .venv/.installed

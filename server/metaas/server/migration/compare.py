@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from metaas.server.query import ResultGroup
 
@@ -59,12 +60,13 @@ def compare_results(
         b_points = _points(right.get(labels), newer_than_ms)
         for t in sorted(set(a_points) | set(b_points)):
             a, b = a_points.get(t), b_points.get(t)
+            at = datetime.fromtimestamp(t / 1000, UTC).strftime("%Y-%m-%d %H:%M")
             if a is None or b is None:
-                diff.append(f"{name} t={t}: only in {'primary' if b is None else 'shadow'}")
+                diff.append(f"{name} {at}: only in {'primary' if b is None else 'shadow'}")
             else:
                 for stat, x, y in zip(stat_names, a, b, strict=True):
                     if not _close(x, y, relative_tolerance):
-                        diff.append(f"{name} t={t} {stat}: primary={x:.6g} shadow={y:.6g}")
+                        diff.append(f"{name} {at} {stat}: primary={x:.6g} shadow={y:.6g}")
                         break
             if len(diff) >= MAX_DIFF_LINES:
                 return tuple(diff)

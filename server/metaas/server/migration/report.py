@@ -49,7 +49,7 @@ def render(status: migration_pb2.GetMigrationStatusResponse, *, generated_at: da
             dash_of=lambda name: _DASH.get(name.split()[-1], ""),
         ),
         "<h2>Error rate by backend (%)</h2>",
-        _chart(errors, unit="%", color_of=lambda name: _COLORS.get(name, "#555")),
+        _chart(errors, unit="%", color_of=lambda name: _COLORS.get(name, "#555"), floor=1.0),
         "<h2>Consistency of shadow comparisons (%)</h2>",
         _chart(
             {"consistent": consistency}, unit="%", color_of=lambda _name: "#2a9d55", fixed_max=100.0
@@ -77,13 +77,14 @@ def _chart(
     color_of: Callable[[str], str],
     dash_of: Callable[[str], str] | None = None,
     fixed_max: float | None = None,
+    floor: float = 1e-9,
 ) -> str:
     points = [pt for values in series.values() for pt in values]
     if not points:
         return "<p class='empty'>No data yet.</p>"
     x0 = min(t for t, _ in points)
     x1 = max(max(t for t, _ in points), x0 + 60_000)
-    y1 = fixed_max if fixed_max is not None else max(max(v for _, v in points) * 1.1, 1e-9)
+    y1 = fixed_max if fixed_max is not None else max(max(v for _, v in points) * 1.1, floor)
 
     def sx(t: int) -> float:
         return _PAD + (t - x0) / (x1 - x0) * (_WIDTH - 2 * _PAD)
