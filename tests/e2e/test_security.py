@@ -103,6 +103,20 @@ def test_tokens_isolate_tenants(token_server: tuple[ServerProcess, Path]) -> Non
         assert client.query_range("app-a", "latency", start, end).series
 
 
+def test_migration_admin_is_for_admins_only(token_server: tuple[ServerProcess, Path]) -> None:
+    server, _ = token_server
+    with Client(server.target, token=TOKEN_A) as client:
+        assert code_of(client.migration_status) == grpc.StatusCode.PERMISSION_DENIED
+        assert (
+            code_of(lambda: list(client.verify_range("app-a", 0, now_ms())))
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
+    with Client(server.target) as anonymous:
+        assert code_of(anonymous.migration_status) == grpc.StatusCode.UNAUTHENTICATED
+    with Client(server.target, token=TOKEN_ADMIN) as admin:
+        assert admin.migration_status().migration_enabled is False
+
+
 def test_missing_or_bad_tokens_are_unauthenticated(
     token_server: tuple[ServerProcess, Path],
 ) -> None:
