@@ -163,3 +163,55 @@ async def test_no_fallback_once_the_old_backend_stops_receiving_writes(
     r = router(old, new, Stage.COMPLETE)
     with pytest.raises(Unavailable):
         await r.query_range(QUERY)
+
+
+async def test_deadline_cancels_a_slow_backend_read(backends: tuple[Storage, Faulty]) -> None:
+    import grpc
+
+    from metaas.client import AsyncClient, MetaasError
+    from metaas.server.api.auth import Authenticator
+    from metaas.server.api.query import MetricsQueryServicer
+    from metaas.server.config import LimitsConfig, SecurityConfig
+    from metaas.v1 import query_pb2_grpc
+
+    old, slow = backends
+    slow.delay_s = 0.5
+    cancelled: list[bool] = []
+    original = slow.read_partials
+
+    async def tracking(*args: Any) -> Sequence[Partial]:
+        try:
+            return await original(*args)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    slow.read_partials = tracking  # type: ignore[method-assign]
+    r = router(slow, old, Stage.OFF)  # the slow one is authoritative
+    server = grpc.aio.server()
+    query_pb2_grpc.add_MetricsQueryServicer_to_server(
+        MetricsQueryServicer(
+            r,
+            limits=LimitsConfig(),
+            tracer=noop().tracer,
+            authenticator=Authenticator(SecurityConfig()),
+        ),
+        server,
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with AsyncClient(f"127.0.0.1:{port}") as client:
+            started = time.perf_counter()
+            with pytest.raises(MetaasError) as caught:
+                await client.query_range("app", "m", NOW - 60 * MINUTE, NOW, timeout=0.2)
+            assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert time.perf_counter() - started < 0.4
+            await asyncio.sleep(0.1)
+            assert cancelled == [True]  # the server stopped waiting on storage too
+            slow.delay_s = 0.0
+            # Healthy afterwards (data is at NOW - 10 min in the fixture's clock).
+            result = await client.query_range("app", "m", NOW - 60 * MINUTE, NOW, timeout=5)
+            assert result.series
+    finally:
+        await server.stop(None)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TypeVar
+import asyncio
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
 import grpc
 from opentelemetry import trace
@@ -46,7 +47,7 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
             with rpc_span(self._tracer, SERVICE, "QueryRange") as span:
                 principal = self._auth.authenticate(context)
                 span.set_attribute("enduser.id", principal.name)
-                return await self._query_range(request, principal, span)
+                return await _within_deadline(context, self._query_range(request, principal, span))
         except RequestError as error:
             await abort(context, error)
 
@@ -90,7 +91,7 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
             with rpc_span(self._tracer, SERVICE, "ListSeries") as span:
                 principal = self._auth.authenticate(context)
                 span.set_attribute("enduser.id", principal.name)
-                return await self._list_series(request, principal)
+                return await _within_deadline(context, self._list_series(request, principal))
         except RequestError as error:
             await abort(context, error)
 
@@ -111,6 +112,21 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
             ],
             metrics=sorted({s.metric for s in ordered}),
         )
+
+
+async def _within_deadline(
+    context: grpc.aio.ServicerContext[Any, Any], call: Coroutine[Any, Any, _T]
+) -> _T:
+    """Run ``call`` within the caller's deadline; past it, backend calls are
+    cancelled and the caller gets DEADLINE_EXCEEDED at once."""
+    remaining = context.time_remaining()
+    try:
+        async with asyncio.timeout(remaining):
+            return await call
+    except TimeoutError as error:
+        raise RequestError(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before storage answered"
+        ) from error
 
 
 async def _storage_call(call: Awaitable[_T]) -> _T:
