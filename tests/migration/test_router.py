@@ -169,6 +169,7 @@ async def test_deadline_cancels_a_slow_backend_read(backends: tuple[Storage, Fau
     import grpc
 
     from metaas.client import AsyncClient, MetaasError
+    from metaas.server.api.admission import Admission
     from metaas.server.api.auth import Authenticator
     from metaas.server.api.query import MetricsQueryServicer
     from metaas.server.config import LimitsConfig, SecurityConfig
@@ -195,6 +196,7 @@ async def test_deadline_cancels_a_slow_backend_read(backends: tuple[Storage, Fau
             limits=LimitsConfig(),
             tracer=noop().tracer,
             authenticator=Authenticator(SecurityConfig()),
+            admission=Admission(10, noop().meter),
         ),
         server,
     )
@@ -213,5 +215,54 @@ async def test_deadline_cancels_a_slow_backend_read(backends: tuple[Storage, Fau
             # Healthy afterwards (data is at NOW - 10 min in the fixture's clock).
             result = await client.query_range("app", "m", NOW - 60 * MINUTE, NOW, timeout=5)
             assert result.series
+    finally:
+        await server.stop(None)
+
+
+async def test_overload_answers_resource_exhausted_with_retry_info(
+    backends: tuple[Storage, Faulty],
+) -> None:
+    import grpc
+    from google.rpc import error_details_pb2, status_pb2
+
+    from metaas.server.api.admission import Admission
+    from metaas.server.api.auth import Authenticator
+    from metaas.server.api.query import MetricsQueryServicer
+    from metaas.server.config import LimitsConfig, SecurityConfig
+    from metaas.v1 import query_pb2, query_pb2_grpc
+
+    old, slow = backends
+    slow.delay_s = 0.3
+    server = grpc.aio.server()
+    query_pb2_grpc.add_MetricsQueryServicer_to_server(
+        MetricsQueryServicer(
+            router(slow, old, Stage.OFF),
+            limits=LimitsConfig(),
+            tracer=noop().tracer,
+            authenticator=Authenticator(SecurityConfig()),
+            admission=Admission(2, noop().meter),
+        ),
+        server,
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    request = query_pb2.QueryRangeRequest(
+        app="app", metric="m", start_ms=NOW - 3_600_000, end_ms=NOW
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = query_pb2_grpc.MetricsQueryStub(channel)
+            results = await asyncio.gather(
+                *(stub.QueryRange(request, timeout=5) for _ in range(8)), return_exceptions=True
+            )
+            refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+            assert len(refused) == 6
+            assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            details = dict(refused[0].trailing_metadata() or ())["grpc-status-details-bin"]
+            (packed,) = status_pb2.Status.FromString(details).details
+            retry = error_details_pb2.RetryInfo()
+            assert packed.Unpack(retry)
+            assert retry.retry_delay.ToMilliseconds() > 0
+            assert (await stub.QueryRange(request, timeout=5)).series  # recovers by itself
     finally:
         await server.stop(None)

@@ -234,3 +234,37 @@ async def test_dual_writes_converge_after_an_outage_of_one_target(
     await p.stop()
     assert len(list((tmp_path / "wal").glob("*.wal"))) == 1
     await second.close()
+
+
+async def test_backlog_bound_refuses_writes_until_storage_catches_up(
+    tmp_path: Path, storage: Storage, clock: FixedClock
+) -> None:
+    from metaas.server.ingest.pipeline import Overloaded
+
+    down = Flaky(storage, "sqlite")
+    config = IngestConfig(wal_dir=tmp_path / "wal", flush_interval_s=0.05, max_backlog_bytes=4000)
+    p = IngestPipeline(
+        config,
+        retention_ms=RETENTION_MS,
+        storage=down,  # type: ignore[arg-type]
+        clock=clock,
+        telemetry=noop(),
+    )
+    await p.start()
+    accepted = 0
+    refusal: Overloaded | None = None
+    for _ in range(200):
+        try:
+            accepted += await write(p, clock, [START - MINUTE] * 20)
+        except Overloaded as error:
+            refusal = error
+            break
+        await asyncio.sleep(0.01)
+    assert refusal is not None
+    assert refusal.retry_after_s > 0
+    assert 0 < accepted < 200 * 20
+    down.down = False
+    await p.flush()
+    assert await write(p, clock, [START - MINUTE] * 20) == 20  # recovered by itself
+    await p.stop()
+    assert await stored_count(storage) == accepted + 20

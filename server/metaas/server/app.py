@@ -9,6 +9,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 
 from metaas.server.api.admin import MigrationAdminServicer
+from metaas.server.api.admission import Admission
 from metaas.server.api.auth import Authenticator
 from metaas.server.api.ingest import MetricsIngestServicer
 from metaas.server.api.query import MetricsQueryServicer
@@ -108,6 +109,7 @@ async def _serve_api(
 ) -> None:
     tracer = telemetry.tracer
     authenticator = Authenticator(settings.security)
+    admission = Admission(settings.limits.max_inflight_requests, telemetry.meter)
     if settings.security.insecure and not settings.security.authenticates:
         log.warning(
             "serving on %s WITHOUT authentication (--insecure): any client that "
@@ -124,9 +126,14 @@ async def _serve_api(
             clock=clock,
             tracer=tracer,
             authenticator=authenticator,
+            admission=admission,
         ),
         MetricsQueryServicer(
-            router, limits=settings.limits, tracer=tracer, authenticator=authenticator
+            router,
+            limits=settings.limits,
+            tracer=tracer,
+            authenticator=authenticator,
+            admission=admission,
         ),
         MigrationAdminServicer(
             router,

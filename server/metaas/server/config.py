@@ -102,6 +102,10 @@ class IngestConfig:
     # a late sample for them is merged into the stored row instead.
     hot_minutes: int = 3
     fsync: bool = True
+    # Past these bounds writes get UNAVAILABLE with a retry hint instead of
+    # memory or disk growing without limit while storage is behind.
+    max_backlog_bytes: int = 1024 * 1024 * 1024
+    max_aggregates: int = 2_000_000
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.flush_interval_s <= 3600:
@@ -145,6 +149,8 @@ class LimitsConfig:
     max_idempotency_key_length: int = 128
     future_tolerance_ms: int = 5 * 60_000
     max_points_per_series: int = 11_000
+    # Concurrent RPCs past this get RESOURCE_EXHAUSTED with a retry hint.
+    max_inflight_requests: int = 512
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -19,11 +19,14 @@ class RequestError(Exception):
         code: grpc.StatusCode,
         message: str,
         violations: Sequence[tuple[str, str]] = (),
+        *,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.violations = tuple(violations)
+        self.retry_after_s = retry_after_s
 
 
 def invalid(field: str, description: str) -> RequestError:
@@ -33,23 +36,42 @@ def invalid(field: str, description: str) -> RequestError:
 
 
 def to_status(error: RequestError) -> grpc.Status:
-    detail = any_pb2.Any()
-    detail.Pack(
-        error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                for f, d in error.violations
-            ]
+    """The status, with a BadRequest naming the fields and, for overload, a
+    RetryInfo (and gRPC's retry pushback, which clients honour by themselves)."""
+    details = []
+    if error.violations:
+        bad_request = any_pb2.Any()
+        bad_request.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                    for f, d in error.violations
+                ]
+            )
         )
-    )
+        details.append(bad_request)
+    if error.retry_after_s is not None:
+        retry = any_pb2.Any()
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(error.retry_after_s * 1000))
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(retry)
     status: grpc.Status = rpc_status.to_status(
         status_pb2.Status(
-            code=getattr(code_pb2, error.code.name),
-            message=error.message,
-            details=[detail] if error.violations else [],
+            code=getattr(code_pb2, error.code.name), message=error.message, details=details
         )
     )
+    if error.retry_after_s is not None:
+        pushback = (("grpc-retry-pushback-ms", str(int(error.retry_after_s * 1000))),)
+        return _Status(status.code, status.details, (*status.trailing_metadata, *pushback))
     return status
+
+
+class _Status(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: Any) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: RequestError) -> NoReturn:

@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 import grpc
 from opentelemetry import trace
 
+from metaas.server.api.admission import Admission
 from metaas.server.api.auth import Authenticator, Principal
 from metaas.server.api.errors import RequestError, abort
 from metaas.server.api.tracing import rpc_span
 from metaas.server.api.validation import validate_write
 from metaas.server.clock import Clock
 from metaas.server.config import LimitsConfig
-from metaas.server.ingest.pipeline import IngestPipeline
+from metaas.server.ingest.pipeline import IngestPipeline, Overloaded
 from metaas.server.ingest.wal import WalError
 from metaas.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -31,8 +32,10 @@ class MetricsIngestServicer(ingest_pb2_grpc.MetricsIngestServicer):
         clock: Clock,
         tracer: trace.Tracer,
         authenticator: Authenticator,
+        admission: Admission,
     ) -> None:
         self._auth = authenticator
+        self._admission = admission
         self._pipeline = pipeline
         self._limits = limits
         self._retention_ms = retention_ms
@@ -43,7 +46,7 @@ class MetricsIngestServicer(ingest_pb2_grpc.MetricsIngestServicer):
         self, request: ingest_pb2.WriteRequest, context: _Context
     ) -> ingest_pb2.WriteResponse:
         try:
-            with rpc_span(self._tracer, SERVICE, "Write") as span:
+            with rpc_span(self._tracer, SERVICE, "Write") as span, self._admission.admit("Write"):
                 principal = self._auth.authenticate(context)
                 span.set_attribute("enduser.id", principal.name)
                 accepted = await self._write(request, principal)
@@ -58,7 +61,10 @@ class MetricsIngestServicer(ingest_pb2_grpc.MetricsIngestServicer):
         """Each message is validated and applied on its own, in order; an
         invalid one ends the stream with its error, prefixed by its index."""
         try:
-            with rpc_span(self._tracer, SERVICE, "WriteStream") as span:
+            with (
+                rpc_span(self._tracer, SERVICE, "WriteStream") as span,
+                self._admission.admit("WriteStream"),
+            ):
                 principal = self._auth.authenticate(context)
                 span.set_attribute("enduser.id", principal.name)
                 total = 0
@@ -88,6 +94,10 @@ class MetricsIngestServicer(ingest_pb2_grpc.MetricsIngestServicer):
             return await self._pipeline.write(request, batches, accepted)
         except WalError as error:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, str(error)) from error
+        except Overloaded as error:
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE, str(error), retry_after_s=error.retry_after_s
+            ) from error
 
 
 def _in_message(error: RequestError, index: int, accepted: int) -> RequestError:

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import grpc
 from opentelemetry import trace
 
+from metaas.server.api.admission import Admission
 from metaas.server.api.auth import Authenticator, Principal
 from metaas.server.api.errors import RequestError, abort
 from metaas.server.api.tracing import rpc_span
@@ -30,8 +31,10 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
         limits: LimitsConfig,
         tracer: trace.Tracer,
         authenticator: Authenticator,
+        admission: Admission,
     ) -> None:
         self._auth = authenticator
+        self._admission = admission
         self._router = router
         self._limits = limits
         self._tracer = tracer
@@ -44,7 +47,10 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
         ],
     ) -> query_pb2.QueryRangeResponse:
         try:
-            with rpc_span(self._tracer, SERVICE, "QueryRange") as span:
+            with (
+                rpc_span(self._tracer, SERVICE, "QueryRange") as span,
+                self._admission.admit("QueryRange"),
+            ):
                 principal = self._auth.authenticate(context)
                 span.set_attribute("enduser.id", principal.name)
                 return await _within_deadline(context, self._query_range(request, principal, span))
@@ -88,7 +94,10 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
         ],
     ) -> query_pb2.ListSeriesResponse:
         try:
-            with rpc_span(self._tracer, SERVICE, "ListSeries") as span:
+            with (
+                rpc_span(self._tracer, SERVICE, "ListSeries") as span,
+                self._admission.admit("ListSeries"),
+            ):
                 principal = self._auth.authenticate(context)
                 span.set_attribute("enduser.id", principal.name)
                 return await _within_deadline(context, self._list_series(request, principal))

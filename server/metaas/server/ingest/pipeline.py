@@ -31,6 +31,15 @@ from metaas.v1 import ingest_pb2
 
 log = logging.getLogger(__name__)
 
+
+class Overloaded(Exception):
+    """Ingest is over a configured bound; the caller should retry later."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 # app -> names of the backends its writes go to, authoritative first.
 WriteRouting = Callable[[str], Sequence[str]]
 
@@ -99,6 +108,8 @@ class IngestPipeline:
         # Oldest first, so the bound on the number of keys drops the oldest.
         for entry in sorted(restored, key=lambda e: e.expires_ms):
             self._keys.restore(entry)
+        for segment in self._old_segments:
+            self._wal.track(segment)
         await self._wal.open(records.encode_keys(self._keys.snapshot()))
         self._delivery.start()
         self._task = asyncio.create_task(self._run(), name="ingest-flusher")
@@ -108,6 +119,7 @@ class IngestPipeline:
     ) -> int:
         """Make a validated request durable and aggregated; return the number
         of samples accepted (the first answer, for a retried idempotency key)."""
+        self._admit()
         key = request.idempotency_key
         if not key:
             return await self._append(request, batches, accepted, key)
@@ -123,6 +135,21 @@ class IngestPipeline:
         task = asyncio.ensure_future(self._append(request, batches, accepted, key))
         self._keys.begin(key, task)
         return await asyncio.shield(task)
+
+    def _admit(self) -> None:
+        backlog = self._wal.backlog_bytes
+        if backlog > self._config.max_backlog_bytes:
+            raise Overloaded(
+                f"{backlog} bytes of acknowledged writes are not stored yet (limit "
+                f"{self._config.max_backlog_bytes}): storage is behind",
+                retry_after_s=self._config.flush_interval_s,
+            )
+        if len(self._aggregator) > self._config.max_aggregates:
+            raise Overloaded(
+                f"{len(self._aggregator)} aggregates in memory (limit "
+                f"{self._config.max_aggregates})",
+                retry_after_s=self._config.flush_interval_s,
+            )
 
     async def _append(
         self,

@@ -109,6 +109,19 @@ class WriteAheadLog:
         self._epoch = 0
         self._failed: str | None = None
         self.bytes_written = 0
+        # Sizes of sealed (and earlier runs') segments not deleted yet.
+        self._backlog: dict[Path, int] = {}
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes in segments whose data is not yet stored everywhere,
+        including the open one."""
+        return sum(self._backlog.values()) + self._size
+
+    def track(self, segment: Segment) -> None:
+        """Count an earlier run's segment in the backlog until it is deleted."""
+        with contextlib.suppress(OSError):
+            self._backlog[segment.path] = segment.path.stat().st_size
 
     @property
     def epoch(self) -> int:
@@ -144,6 +157,7 @@ class WriteAheadLog:
 
     async def delete(self, segment: Segment) -> None:
         await self._in_thread(segment.path.unlink, missing_ok=True)
+        self._backlog.pop(segment.path, None)
 
     async def close(self) -> None:
         while self._writer is not None and not self._writer.done():
@@ -215,6 +229,9 @@ class WriteAheadLog:
             os.close(fd)
             path.unlink(missing_ok=True)
             raise
+        if self._fd is not None:
+            sealed = Segment.named(self.directory, self.generation, self._epoch).path
+            self._backlog[sealed] = self._size
         previous, self._fd, self._epoch, self._size = self._fd, fd, epoch, len(data)
         if previous is not None:
             os.close(previous)

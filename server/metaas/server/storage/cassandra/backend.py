@@ -1,0 +1,334 @@
+"""Cassandra backend: partials in hour-bucketed partitions, expiring by TTL.
+
+See schema.py for the table design and session.py for how the driver is used
+from asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Final
+
+from opentelemetry.trace import SpanKind
+
+from metaas.server.model import Partial, PartialKey, SeriesKey, decode_labels
+from metaas.server.sketch import Distribution
+from metaas.server.storage import codec
+from metaas.server.storage.cassandra import schema
+from metaas.server.storage.cassandra.config import CassandraConfig
+from metaas.server.storage.cassandra.schema import DAY_MS, HOUR_MS, MAX_TTL_S
+from metaas.server.storage.cassandra.session import NAME, CqlSession, Prepared, Row
+from metaas.server.storage.context import StorageContext
+from metaas.server.storage.errors import Invalid
+
+# Series-hours this process has indexed; past this many the memory is reset
+# (which costs a few redundant index writes, nothing else).
+_INDEXED_LIMIT: Final = 200_000
+
+_SeriesHour = tuple[str, int, str, str]  # app, hour, metric, labels
+_PageHandler = Callable[[list[Row]], Awaitable[None]]
+
+# Statement templates ({ks} is the keyspace) and whether each is a read.
+_CQL: Final = {
+    "insert_partial": (
+        "INSERT INTO {ks}.partials "
+        "(app, metric, hour, minute, labels, writer, epoch, distribution) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
+        False,
+    ),
+    "insert_series": (
+        "INSERT INTO {ks}.series_by_app (app, day, hour, metric, labels) "
+        "VALUES (?, ?, ?, ?, ?) USING TTL ?",
+        False,
+    ),
+    "select_range": (
+        "SELECT minute, labels, writer, epoch, distribution FROM {ks}.partials "
+        "WHERE app = ? AND metric = ? AND hour = ? AND minute >= ? AND minute < ?",
+        True,
+    ),
+    "select_labels": (
+        "SELECT labels FROM {ks}.partials "
+        "WHERE app = ? AND metric = ? AND hour = ? AND minute >= ? AND minute < ?",
+        True,
+    ),
+    "select_one": (
+        "SELECT epoch, distribution FROM {ks}.partials WHERE app = ? AND metric = ? "
+        "AND hour = ? AND minute = ? AND labels = ? AND writer = ?",
+        True,
+    ),
+    "select_series": (
+        "SELECT hour, metric, labels FROM {ks}.series_by_app "
+        "WHERE app = ? AND day = ? AND hour >= ? AND hour < ?",
+        True,
+    ),
+}
+
+
+class CassandraStorage:
+    """Implements :class:`metaas.server.storage.base.Storage` on Cassandra."""
+
+    def __init__(self, config: CassandraConfig, context: StorageContext) -> None:
+        self._config = config
+        self._retention_ms = context.retention_ms
+        self._clock = context.clock
+        self._codec = context.codec
+        self._tracer = context.telemetry.tracer
+        self._session = CqlSession(config)
+        self._indexed: set[_SeriesHour] = set()
+        self._statements: dict[str, Prepared] = {}
+
+    @property
+    def name(self) -> str:
+        return NAME
+
+    @property
+    def config(self) -> CassandraConfig:
+        return self._config
+
+    async def open(self) -> list[str]:
+        """Connect, apply (``schema=auto``) or verify the schema, prepare the
+        statements; returns what applying the schema did."""
+        await self._session.connect()
+        try:
+            done: list[str] = []
+            if self._config.apply_schema_on_open:
+                done = await schema.apply(self._session, self._config, self._retention_ms)
+            else:
+                await schema.verify(self._session, self._config)
+            await self._prepare()
+        except BaseException:
+            await self._session.close()
+            raise
+        return done
+
+    async def _prepare(self) -> None:
+        # The keyspace is a validated identifier; every value is a bind marker.
+        texts = {name: cql.format(ks=self._config.keyspace) for name, (cql, _) in _CQL.items()}
+        prepared = await asyncio.gather(
+            *(self._session.prepare(texts[name], read=read) for name, (_, read) in _CQL.items())
+        )
+        self._statements = dict(zip(_CQL, prepared, strict=True))
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    # -- writes ---------------------------------------------------------------
+
+    async def write_partials(self, partials: Sequence[Partial]) -> None:
+        if not partials:
+            return
+        now = self._clock.now_ms()
+        live = [p for p in partials if self._ttl_s(p.minute_ms, now) > 0]
+        encoded = await codec.encode_distributions([p.distribution for p in live], self._codec)
+        insert_partial = self._statements["insert_partial"]
+        requests: list[tuple[Prepared, Sequence[object]]] = []
+        new_series: dict[_SeriesHour, int] = {}
+        for partial, item in zip(live, encoded, strict=True):
+            series, minute = partial.series, partial.minute_ms
+            hour = minute - minute % HOUR_MS
+            labels = series.labels_key
+            requests.append(
+                (
+                    insert_partial,
+                    (
+                        series.app,
+                        series.metric,
+                        hour,
+                        minute,
+                        labels,
+                        partial.writer,
+                        partial.epoch,
+                        item.data,
+                        self._ttl_s(minute, now),
+                    ),
+                )
+            )
+            key = (series.app, hour, series.metric, labels)
+            if key not in self._indexed:
+                # The index row lives as long as the last minute of its hour.
+                new_series[key] = self._ttl_s(hour + HOUR_MS - 60_000, now)
+        insert_series = self._statements["insert_series"]
+        for (app, hour, metric, labels), ttl_s in new_series.items():
+            day = hour - hour % DAY_MS
+            requests.append((insert_series, (app, day, hour, metric, labels, ttl_s)))
+        await self._session.execute_many(requests)
+        if len(self._indexed) + len(new_series) > _INDEXED_LIMIT:
+            self._indexed.clear()
+        self._indexed.update(new_series)
+
+    def _ttl_s(self, minute_ms: int, now_ms: int) -> int:
+        """Seconds until ``minute_ms`` leaves the retention (<= 0: already out)."""
+        remaining_ms = minute_ms + self._retention_ms - now_ms
+        return min(MAX_TTL_S, -(-remaining_ms // 1000))
+
+    # -- reads ----------------------------------------------------------------
+
+    async def read_partials(
+        self, app: str, metric: str, start_ms: int, end_ms: int
+    ) -> Sequence[Partial]:
+        start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
+        found: list[Partial] = []
+        series_of: dict[str, SeriesKey] = {}
+        statement = self._statements["select_range"]
+
+        async def read_hour(hour: int) -> None:
+            params = (app, metric, hour, max(start_ms, hour), min(end_ms, hour + HOUR_MS))
+
+            async def take(rows: list[Row]) -> None:
+                distributions = await _decode([row[4] for row in rows])
+                for (minute, labels, writer, epoch, _), dist in zip(
+                    rows, distributions, strict=True
+                ):
+                    series = series_of.get(labels)
+                    if series is None:
+                        series = series_of[labels] = SeriesKey(app, metric, decode_labels(labels))
+                    found.append(Partial(series, minute, writer, epoch, dist))
+
+            await self._scan(schema.PARTIALS, statement, params, take)
+
+        await _all(read_hour(hour) for hour in _buckets(start_ms, end_ms, HOUR_MS))
+        return found
+
+    async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:
+        cutoff = self._clock.now_ms() - self._retention_ms
+        live = [key for key in keys if key.minute_ms >= cutoff]
+        if not live:
+            return {}
+        statement = self._statements["select_one"]
+        pages = await self._session.execute_many(
+            (
+                statement,
+                (
+                    key.series.app,
+                    key.series.metric,
+                    key.minute_ms - key.minute_ms % HOUR_MS,
+                    key.minute_ms,
+                    key.series.labels_key,
+                    key.writer,
+                ),
+            )
+            for key in live
+        )
+        hits = [(key, rows[0]) for key, rows in zip(live, pages, strict=True) if rows]
+        distributions = await _decode([row[1] for _, row in hits])
+        return {
+            key: Partial(key.series, key.minute_ms, key.writer, row[0], dist)
+            for (key, row), dist in zip(hits, distributions, strict=True)
+        }
+
+    async def list_series(
+        self, app: str, start_ms: int, end_ms: int, metric: str | None = None
+    ) -> Sequence[SeriesKey]:
+        start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
+        if start_ms >= end_ms:
+            return []
+        first_hour = start_ms - start_ms % HOUR_MS
+        hours_of: dict[tuple[str, str], set[int]] = {}
+        statement = self._statements["select_series"]
+
+        async def read_day(day: int) -> None:
+            params = (app, day, max(first_hour, day), min(end_ms, day + DAY_MS))
+
+            async def take(rows: list[Row]) -> None:
+                for hour, row_metric, labels in rows:
+                    if metric is None or row_metric == metric:
+                        hours_of.setdefault((row_metric, labels), set()).add(hour)
+
+            await self._scan(schema.SERIES, statement, params, take)
+
+        await _all(read_day(day) for day in _buckets(start_ms, end_ms, DAY_MS))
+
+        def covered(hour: int) -> bool:
+            return start_ms <= hour and hour + HOUR_MS <= end_ms
+
+        listed = {key for key, hours in hours_of.items() if any(covered(h) for h in hours)}
+        # The index knows hours; in the range's partly covered first and last
+        # hour, only the partials themselves say which series had data.
+        edges = {h for h in (first_hour, end_ms - 1 - (end_ms - 1) % HOUR_MS) if not covered(h)}
+        checks = {
+            (hour, key[0])
+            for key, hours in hours_of.items()
+            if key not in listed
+            for hour in hours & edges
+        }
+        seen: set[tuple[str, str]] = set()
+        await _all(self._labels_in(app, m, hour, start_ms, end_ms, seen) for hour, m in checks)
+        listed |= {key for key in hours_of if key in seen}
+        return [
+            SeriesKey(app, series_metric, decode_labels(labels))
+            for series_metric, labels in sorted(listed)
+        ]
+
+    async def _labels_in(
+        self,
+        app: str,
+        metric: str,
+        hour: int,
+        start_ms: int,
+        end_ms: int,
+        seen: set[tuple[str, str]],
+    ) -> None:
+        params = (app, metric, hour, max(start_ms, hour), min(end_ms, hour + HOUR_MS))
+
+        async def take(rows: list[Row]) -> None:
+            seen.update((metric, labels) for (labels,) in rows)
+
+        await self._scan(schema.PARTIALS, self._statements["select_labels"], params, take)
+
+    async def _scan(
+        self,
+        table: str,
+        statement: Prepared,
+        params: Sequence[object],
+        take: _PageHandler,
+    ) -> None:
+        """One partition's paged query, with a span of its own."""
+        with self._tracer.start_as_current_span(
+            f"cassandra SELECT {table}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "db.system": NAME,
+                "db.operation": "SELECT",
+                "db.name": self._config.keyspace,
+                "db.cassandra.table": table,
+                "db.cassandra.consistency_level": self._config.read_consistency,
+            },
+        ) as span:
+            rows = 0
+
+            async def counted(page: list[Row]) -> None:
+                nonlocal rows
+                rows += len(page)
+                await take(page)
+
+            pages = await self._session.for_each_page(statement, params, counted)
+            span.set_attribute("metaas.cassandra.pages", pages)
+            span.set_attribute("metaas.cassandra.rows", rows)
+
+
+def _buckets(start_ms: int, end_ms: int, size_ms: int) -> range:
+    """Starts of the buckets of ``size_ms`` that overlap ``[start_ms, end_ms)``."""
+    if start_ms >= end_ms:
+        return range(0)
+    return range(start_ms - start_ms % size_ms, end_ms, size_ms)
+
+
+async def _all(calls: Iterable[Awaitable[None]]) -> None:
+    """Await every call concurrently; on the first error cancel the rest and
+    raise it (a plain error, not an ExceptionGroup, for the callers)."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _decode(items: list[bytes]) -> list[Distribution]:
+    try:
+        return await codec.decode_distributions(items)
+    except ValueError as error:
+        raise Invalid(f"undecodable stored item: {error}", backend=NAME) from error

@@ -1,0 +1,96 @@
+"""From stored payloads to partials and series: pure CPU work, which the
+backend runs on a thread when the payloads are large."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
+
+import zstandard
+
+from metaas.server.model import Partial, PartialKey, SeriesKey, decode_labels
+from metaas.server.sketch import Distribution
+from metaas.server.storage import codec
+from metaas.server.storage.dynamodb import items, schema
+from metaas.server.storage.dynamodb.calls import NAME, Key
+from metaas.server.storage.errors import Invalid
+
+if TYPE_CHECKING:
+    from metaas.server.storage.dynamodb.items import Item
+
+# What a damaged or foreign item can raise while being decoded.
+UNDECODABLE: Final = (ValueError, struct.error, OSError, EOFError, zlib.error, zstandard.ZstdError)
+Stored = Mapping[Key, tuple["Item", bytes]]
+
+
+def decode(data: bytes) -> bytes:
+    try:
+        return codec.decode(data)
+    except UNDECODABLE as error:
+        raise Invalid(f"undecodable stored item: {error}", backend=NAME) from error
+
+
+def partials_of(app: str, metric: str, stored: Stored) -> list[Partial]:
+    partials = []
+    for (_, sk), (_, data) in stored.items():
+        minute, writer = schema.parse_block_sk(sk)
+        for labels, (epoch, distribution) in block_entries(data).items():
+            series = SeriesKey(app, metric, decode_labels(labels))
+            partials.append(Partial(series, minute, writer, epoch, distribution_of(distribution)))
+    # The order SQLite returns, so merged float sums agree bit for bit.
+    partials.sort(key=lambda p: (p.minute_ms, p.series.labels_key, p.writer))
+    return partials
+
+
+def pick(wanted: Mapping[Key, list[PartialKey]], stored: Stored) -> dict[PartialKey, Partial]:
+    found: dict[PartialKey, Partial] = {}
+    for block, keys in wanted.items():
+        if block not in stored:
+            continue
+        entries = block_entries(stored[block][1])
+        for key in keys:
+            entry = entries.get(key.series.labels_key)
+            if entry is not None:
+                epoch, distribution = entry
+                found[key] = Partial(
+                    key.series, key.minute_ms, key.writer, epoch, distribution_of(distribution)
+                )
+    return found
+
+
+def series_in(stored: Stored, first_ms: int, last_ms: int) -> set[tuple[str, str]]:
+    """(metric, labels_key) of catalog entries with a minute in [first, last]."""
+    found: set[tuple[str, str]] = set()
+    for (_, sk), (_, data) in stored.items():
+        hour, metric, _writer = schema.parse_catalog_sk(sk)
+        low = max(0, -(-(first_ms - hour) // schema.MINUTE_MS))
+        high = min(59, (last_ms - hour) // schema.MINUTE_MS)
+        if low > high:
+            continue
+        window = ((1 << (high + 1)) - 1) ^ ((1 << low) - 1)
+        entries = catalog_entries(data)
+        found.update((metric, labels) for labels, mask in entries.items() if mask & window)
+    return found
+
+
+def block_entries(data: bytes) -> items.BlockEntries:
+    try:
+        return items.decode_block(decode(data))
+    except UNDECODABLE as error:
+        raise Invalid(f"undecodable block item: {error}", backend=NAME) from error
+
+
+def catalog_entries(data: bytes) -> items.CatalogEntries:
+    try:
+        return items.decode_catalog(decode(data))
+    except UNDECODABLE as error:
+        raise Invalid(f"undecodable catalog item: {error}", backend=NAME) from error
+
+
+def distribution_of(data: bytes) -> Distribution:
+    try:
+        return Distribution.from_bytes(data)
+    except UNDECODABLE as error:
+        raise Invalid(f"undecodable distribution: {error}", backend=NAME) from error
