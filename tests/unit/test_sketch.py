@@ -37,7 +37,13 @@ def test_mixed_signs_each_rank_within_accuracy(values: np.ndarray) -> None:
     estimates = Sketch.from_values(values).quantiles([r / (n - 1) if n > 1 else 0.0 for r in ranks])
     for rank, estimate in zip(ranks, estimates, strict=True):
         exact = ordered[rank]
-        assert abs(estimate - exact) <= RELATIVE_ACCURACY * abs(exact) * (1 + 1e-9), (rank, exact)
+        # q * (n - 1) in floating point may miss the whole rank by an ulp, and
+        # interpolating across a sign change then adds noise of that order.
+        noise = 1e-12 * float(np.abs(values).max())
+        assert abs(estimate - exact) <= RELATIVE_ACCURACY * abs(exact) * (1 + 1e-9) + noise, (
+            rank,
+            exact,
+        )
 
 
 @settings(max_examples=100, deadline=None)

@@ -11,6 +11,7 @@ from metaas.server.api.admin import SERVICE as ADMIN
 from metaas.server.api.admin import MigrationAdminServicer
 from metaas.server.api.ingest import SERVICE as INGEST
 from metaas.server.api.ingest import MetricsIngestServicer
+from metaas.server.api.malformed import MalformedRequestInterceptor
 from metaas.server.api.query import SERVICE as QUERY
 from metaas.server.api.query import MetricsQueryServicer
 from metaas.server.config import SecurityConfig, ServerConfig
@@ -33,10 +34,11 @@ class Api:
         self.config = config
         self.health = HealthServicer()
         self.server = grpc.aio.server(
+            interceptors=[MalformedRequestInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", config.max_receive_message_bytes),
                 ("grpc.max_send_message_length", config.max_receive_message_bytes),
-            ]
+            ],
         )
         ingest_pb2_grpc.add_MetricsIngestServicer_to_server(ingest, self.server)
         query_pb2_grpc.add_MetricsQueryServicer_to_server(query, self.server)

@@ -82,7 +82,10 @@ def _check_labels(
 
 
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # beyond what a datetime holds
+        return "out of range"
 
 
 def validate_write(
