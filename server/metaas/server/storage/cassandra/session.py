@@ -60,13 +60,9 @@ from metaas.server.storage.cassandra.config import CassandraConfig
 from metaas.server.storage.errors import Invalid, StorageError, Throttled, Unavailable
 
 try:  # The wheel's compiled libev reactor; the asyncio one works everywhere.
-    from cassandra.io.libevreactor import (
-        LibevConnection as _Connection,
-    )
+    from cassandra.io.libevreactor import LibevConnection as _Connection
 except ImportError:  # pragma: no cover - depends on how the driver was built
-    from cassandra.io.asyncioreactor import (
-        AsyncioConnection as _Connection,
-    )
+    from cassandra.io.asyncioreactor import AsyncioConnection as _Connection
 
 NAME: Final = "cassandra"
 _READ_PROFILE: Final = "metaas-read"

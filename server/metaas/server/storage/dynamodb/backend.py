@@ -88,7 +88,7 @@ class DynamoStorage:
         the table is missing or has other keys."""
         config = self._config
         try:
-            async with translate():
+            try:
                 client = await self._stack.enter_async_context(
                     aioboto3.Session().client(
                         "dynamodb",
@@ -97,20 +97,20 @@ class DynamoStorage:
                         config=AioConfig(**config.client_options()),
                     )
                 )
-                if check_table:
+            except NoRegionError:
+                raise ConfigError(
+                    "dynamodb region", None, "?region= in the storage URL, or AWS_REGION"
+                ) from None
+            if check_table:
+                async with translate():
                     keys = await schema.describe_keys(client, config.table)
-                    if keys is None:
-                        raise ConfigError(
-                            "dynamodb table",
-                            config.table,
-                            "an existing table: create it with `metaas schema apply --storage URL`",
-                        )
-                    schema.check_keys(config.table, keys)
-        except NoRegionError:
-            await self._stack.aclose()
-            raise ConfigError(
-                "dynamodb region", None, "?region= in the storage URL, or AWS_REGION"
-            ) from None
+                if keys is None:
+                    raise ConfigError(
+                        "dynamodb table",
+                        config.table,
+                        "an existing table: create it with `metaas schema apply --storage URL`",
+                    )
+                schema.check_keys(config.table, keys)
         except BaseException:
             await self._stack.aclose()
             raise

@@ -73,6 +73,7 @@ class Calls:
         self._client = client
         self._table = config.table
         self._attempts = config.batch_attempts
+        self._consistent_queries = config.consistent_queries
         self._parallel = asyncio.Semaphore(config.concurrency)
         self._capacity = meter.create_counter(
             "metaas.storage.dynamodb.capacity",
@@ -171,6 +172,7 @@ class Calls:
                 ":low": {"S": low},
                 ":high": {"S": high},
             },
+            "ConsistentRead": self._consistent_queries,
             "ReturnConsumedCapacity": "TOTAL",
         }
         items: list[Item] = []

@@ -49,6 +49,9 @@ class DynamoConfig:
     # Rounds of BatchWriteItem/BatchGetItem for unprocessed items before the
     # call fails with Throttled.
     batch_attempts: int = 8
+    # Strongly consistent queries: a read sees every write that returned, as
+    # the storage contract says. False halves the read cost of queries.
+    consistent_queries: bool = True
 
     def __post_init__(self) -> None:
         if not _TABLE.fullmatch(self.table):

@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# A local Apache Cassandra node on 127.0.0.1:9042 for tests and development.
+#   cassandra.sh fetch    download Cassandra with Maven into .services/cassandra (once)
+#   cassandra.sh start    fetch if needed, configure, start, wait until CQL answers
+#   cassandra.sh stop     stop the node this script started
+#   cassandra.sh status   exit 0 iff a node answers CQL on 127.0.0.1:9042
+#   cassandra.sh reset    stop and delete the node's data
+#   cassandra.sh log      print the tail of the node's log
+# Settings (environment): METAAS_CASSANDRA_VERSION (5.0.9), METAAS_CASSANDRA_HEAP
+# (1G), METAAS_CASSANDRA_START_TIMEOUT_S (180), METAAS_CASSANDRA_JAVA (a Java 11
+# or 17 binary; found on the PATH or under /usr/lib/jvm by default).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VERSION=${METAAS_CASSANDRA_VERSION:-5.0.9}
+HEAP=${METAAS_CASSANDRA_HEAP:-1G}
+START_TIMEOUT_S=${METAAS_CASSANDRA_START_TIMEOUT_S:-180}
+HOST=127.0.0.1
+PORT=9042
+DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
+
+STATE="$PWD/.services/cassandra"
+DIST="$STATE/dist/$VERSION"   # lib/ with every jar the node needs
+RUN="$STATE/run"              # conf/, data/, logs/, cassandra.pid
+PIDFILE="$RUN/cassandra.pid"
+TEMPLATES="$PWD/scripts/cassandra"
+
+say() { echo "cassandra: $*" >&2; }
+
+python_bin() {
+  if [ -x .venv/bin/python ]; then echo .venv/bin/python; else echo python3; fi
+}
+
+answers() { "$(python_bin)" "$TEMPLATES/cql_probe.py" "$HOST" "$PORT" >/dev/null 2>&1; }
+
+# The recorded pid, if that process is still this node (not a reused pid).
+running_pid() {
+  [ -f "$PIDFILE" ] || return 1
+  local pid
+  pid=$(cat "$PIDFILE")
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q CassandraDaemon || return 1
+  echo "$pid"
+}
+
+# Java and Maven come with the development image; elsewhere install them from
+# Debian's packages when we may, or say what is missing.
+need() {
+  local command=$1 package=$2
+  command -v "$command" >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing $package for $command"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$package" >&2 \
+      || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$package" >&2; }
+  fi
+  command -v "$command" >/dev/null || { say "$command is needed (package $package)"; exit 1; }
+}
+
+java_major() { "$1" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
+
+# Cassandra 5.0 runs on Java 11 or 17 only: METAAS_CASSANDRA_JAVA, else `java`
+# on the PATH if it is one of those, else a JDK 17 or 11 under /usr/lib/jvm.
+java_bin() {
+  if [ -n "${METAAS_CASSANDRA_JAVA:-}" ]; then echo "$METAAS_CASSANDRA_JAVA"; return; fi
+  local candidate
+  for candidate in "$(command -v java || true)" /usr/lib/jvm/*-17-*/bin/java \
+      /usr/lib/jvm/*17*/bin/java /usr/lib/jvm/*-11-*/bin/java; do
+    [ -x "$candidate" ] || continue
+    case "$(java_major "$candidate")" in 11 | 17) echo "$candidate"; return ;; esac
+  done
+  return 1
+}
+
+fetch() {
+  if [ -f "$DIST/.complete" ]; then return 0; fi
+  need mvn maven
+  local work="$STATE/fetch"
+  rm -rf "$work"
+  mkdir -p "$work"
+  say "fetching Apache Cassandra $VERSION with Maven"
+  if mvn -B -q "$DEPENDENCY_PLUGIN:copy" \
+      -Dartifact="org.apache.cassandra:apache-cassandra:$VERSION:tar.gz:bin" \
+      -DoutputDirectory="$work" >"$work/mvn.log" 2>&1; then
+    tar -xzf "$work"/apache-cassandra-*.tar.gz -C "$work"
+    mkdir -p "$work/dist"
+    cp -r "$work/apache-cassandra-$VERSION/lib" "$work/dist/lib"
+  else
+    # The binary distribution is not published to Maven Central for every
+    # release: the server jar and its runtime dependencies are all there is.
+    say "no binary distribution for $VERSION; using cassandra-all and its dependencies"
+    if ! mvn -B -q -f "$TEMPLATES/pom.xml" "$DEPENDENCY_PLUGIN:copy-dependencies" \
+        -Dcassandra.version="$VERSION" -DincludeScope=runtime \
+        -DoutputDirectory="$work/dist/lib" >"$work/mvn.log" 2>&1; then
+      cat "$work/mvn.log" >&2
+      say "could not fetch Cassandra $VERSION"
+      exit 1
+    fi
+  fi
+  rm -rf "$DIST"
+  mkdir -p "$(dirname "$DIST")"
+  mv "$work/dist" "$DIST"
+  touch "$DIST/.complete"
+  rm -rf "$work"
+  say "cached in ${DIST#"$PWD"/}"
+}
+
+configure() {
+  mkdir -p "$RUN/conf" "$RUN/data" "$RUN/logs" "$RUN/triggers"
+  sed "s|@STATE@|$RUN|g" "$TEMPLATES/cassandra.yaml" >"$RUN/conf/cassandra.yaml"
+  cp "$TEMPLATES/logback.xml" "$RUN/conf/logback.xml"
+}
+
+jvm_options() {
+  grep -v '^\s*\(#\|$\)' "$TEMPLATES/jvm.options"
+  local jamm
+  jamm=$(find "$DIST/lib" -maxdepth 1 -name 'jamm-*.jar' | head -n 1)
+  [ -z "$jamm" ] || echo "-javaagent:$jamm"
+  echo "-Xms$HEAP"
+  echo "-Xmx$HEAP"
+  echo "-Dcassandra.config=file://$RUN/conf/cassandra.yaml"
+  echo "-Dlogback.configurationFile=$RUN/conf/logback.xml"
+  echo "-Dcassandra.logdir=$RUN/logs"
+  echo "-Dcassandra.storagedir=$RUN/data"
+  echo "-Dcassandra.triggers_dir=$RUN/triggers"
+}
+
+log_tail() {
+  for file in "$RUN/logs/system.log" "$RUN/logs/stdout.log"; do
+    if [ -s "$file" ]; then
+      echo "--- last lines of ${file#"$PWD"/}" >&2
+      tail -n "${1:-40}" "$file" >&2
+    fi
+  done
+}
+
+start() {
+  local pid
+  if answers; then
+    say "already answering CQL on $HOST:$PORT"
+    return 0
+  fi
+  if pid=$(running_pid); then
+    say "pid $pid is running but not answering yet; waiting"
+  else
+    fetch
+    configure
+    local java
+    java=$(java_bin) || { need java openjdk-17-jre-headless; java=$(java_bin) || {
+      say "Cassandra 5.0 needs Java 11 or 17 (set METAAS_CASSANDRA_JAVA)"; exit 1; }; }
+    local options
+    mapfile -t options < <(jvm_options)
+    : >"$RUN/logs/stdout.log"
+    # setsid: the node outlives this script and ignores the caller's Ctrl-C;
+    # `stop` ends it by the pid recorded here.
+    setsid "$java" "${options[@]}" -cp "$RUN/conf:$DIST/lib/*" \
+      org.apache.cassandra.service.CassandraDaemon \
+      </dev/null >>"$RUN/logs/stdout.log" 2>&1 &
+    pid=$!
+    echo "$pid" >"$PIDFILE"
+    say "started pid $pid (heap $HEAP, logs in ${RUN#"$PWD"/}/logs)"
+  fi
+  local started=$SECONDS
+  while ! answers; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log_tail 60
+      rm -f "$PIDFILE"
+      say "the node exited before answering CQL"
+      exit 1
+    fi
+    if [ $((SECONDS - started)) -ge "$START_TIMEOUT_S" ]; then
+      log_tail 60
+      say "no CQL on $HOST:$PORT after ${START_TIMEOUT_S}s; stopping pid $pid"
+      stop
+      exit 1
+    fi
+    sleep 0.5
+  done
+  say "answering CQL on $HOST:$PORT after $((SECONDS - started))s"
+}
+
+stop() {
+  local pid
+  if ! pid=$(running_pid); then
+    rm -f "$PIDFILE"
+    return 0
+  fi
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 120); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.25
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    say "pid $pid did not stop within 30s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$PIDFILE"
+  say "stopped pid $pid"
+}
+
+status() {
+  if answers; then
+    local release
+    release=$("$(python_bin)" "$TEMPLATES/cql_probe.py" "$HOST" "$PORT" 2>/dev/null || true)
+    if pid=$(running_pid); then
+      echo "cassandra $release answering on $HOST:$PORT (pid $pid)"
+    else
+      echo "cassandra $release answering on $HOST:$PORT (not started by this script)"
+    fi
+    return 0
+  fi
+  echo "cassandra: not answering on $HOST:$PORT"
+  return 1
+}
+
+case "${1:-}" in
+  fetch) fetch ;;
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  reset)
+    stop
+    rm -rf "$RUN"
+    say "deleted ${RUN#"$PWD"/}"
+    ;;
+  log) log_tail 100 ;;
+  *)
+    echo "usage: $0 fetch|start|stop|status|reset|log" >&2
+    exit 2
+    ;;
+esac
