@@ -4,13 +4,15 @@ changes without restart; mismatches found, verified and repaired."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from metaas.client import Client, Series
-from tests.migration.support import STAGES, sqlite_count, write_flags
+from tests.migration.support import STAGES, StorageProbe, write_flags
 from tests.support import ServerProcess, eventually
 
 MINUTE = 60_000
@@ -26,25 +28,40 @@ TABLE = {
 }
 
 
-@pytest.fixture
-def migrating(tmp_path: Path):  # type: ignore[no-untyped-def]
+def _urls(pair: str, tmp_path: Path) -> tuple[str, str]:
+    if pair == "sqlite-to-sqlite":
+        return f"sqlite:///{tmp_path / 'old.db'}", f"sqlite:///{tmp_path / 'new.db'}"
+    # Real Apache Cassandra (old) and the DynamoDB emulator (new), as make test starts them.
+    from tests.backends import cassandra, dynamodb
+
+    dynamodb.use_test_credentials()
+    keyspace = f"migration_{uuid.uuid4().hex[:10]}"
+    return cassandra.url(keyspace), asyncio.run(dynamodb.new_table("migration"))
+
+
+@pytest.fixture(params=["sqlite-to-sqlite", "cassandra-to-dynamodb"])
+def migrating(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    old_url, new_url = _urls(request.param, tmp_path)
     flags = tmp_path / "flags.json"
     write_flags(flags, {})
     server = ServerProcess(
         tmp_path / "server",
-        storage=f"sqlite:///{tmp_path / 'old.db'}",
+        storage=old_url,
         extra=(
             "--migration-target",
-            f"sqlite:///{tmp_path / 'new.db'}",
+            new_url,
             "--flags",
             str(flags),
             "--compare-ignore-newest-minutes",
             "0",
         ),
+        env={"AWS_ACCESS_KEY_ID": "metaas-test", "AWS_SECRET_ACCESS_KEY": "metaas-test"},
     ).start()
+    probe = StorageProbe({"old": old_url, "new": new_url})
     try:
-        yield server, flags, tmp_path / "old.db", tmp_path / "new.db"
+        yield server, flags, probe, request.param
     finally:
+        probe.close()
         server.stop()
 
 
@@ -53,7 +70,12 @@ def reads_by_role(client: Client) -> dict[str, int]:
 
 
 def test_one_app_through_all_six_stages(migrating) -> None:  # type: ignore[no-untyped-def]
-    server, flags, old_db, new_db = migrating
+    server, flags, probe, pair = migrating
+    served = (
+        {"old": "sqlite", "new": "sqlite"}
+        if pair == "sqlite-to-sqlite"
+        else {"old": "cassandra", "new": "dynamodb"}
+    )
     minute = time.time_ns() // 1_000_000 // MINUTE * MINUTE - 5 * MINUTE
     with Client(server.target) as client:
         for stage in STAGES:
@@ -62,7 +84,6 @@ def test_one_app_through_all_six_stages(migrating) -> None:  # type: ignore[no-u
             eventually(lambda s=stage: _assert_stage(client, s), timeout=5)
             assert time.monotonic() - started < 5
 
-            label = f'"phase":"{stage}"'
             client.write(
                 [
                     Series(
@@ -76,7 +97,7 @@ def test_one_app_through_all_six_stages(migrating) -> None:  # type: ignore[no-u
             )
             old_gets, new_gets, reader, compared = TABLE[stage]
             expected = (10 if old_gets else 0, 10 if new_gets else 0)
-            eventually(lambda lb=label, e=expected: _assert_counts(old_db, new_db, lb, e))
+            eventually(lambda s=stage, e=expected: _assert_counts(probe, ("phase", s), e))
 
             before_reads = reads_by_role(client)
             before_comparisons = client.migration_status().comparisons
@@ -84,7 +105,7 @@ def test_one_app_through_all_six_stages(migrating) -> None:  # type: ignore[no-u
                 APP, "latency", minute, minute + MINUTE, stats=["count"], matchers={"phase": stage}
             )
             assert result.series[0].stats["count"] == (10.0,), stage
-            assert result.served_by == "sqlite"
+            assert result.served_by == served[reader], stage
             after = client.migration_status()
             reads = {b.role: b.reads for b in after.backends}
             assert reads.get(reader, 0) > before_reads.get(reader, 0), stage
@@ -96,18 +117,19 @@ def _assert_stage(client: Client, stage: str) -> None:
     assert client.migration_status(APP).stage == stage
 
 
-def _assert_counts(old_db: Path, new_db: Path, label: str, expected: tuple[int, int]) -> None:
-    assert (sqlite_count(old_db, APP, label), sqlite_count(new_db, APP, label)) == expected
+def _assert_counts(probe: StorageProbe, label: tuple[str, str], expected: tuple[int, int]) -> None:
+    counts = (probe.count("old", APP, "latency", label), probe.count("new", APP, "latency", label))
+    assert counts == expected
 
 
 def test_mismatches_found_then_verified_and_repaired(migrating) -> None:  # type: ignore[no-untyped-def]
-    server, flags, old_db, new_db = migrating
+    server, flags, probe, _ = migrating
     minute = time.time_ns() // 1_000_000 // MINUTE * MINUTE - 5 * MINUTE
     with Client(server.target) as client:
         client.write(
             [Series(APP, "latency", [minute + 1, minute + 2], [5.0, 7.0], {"dyno": "web.1"})]
         )
-        eventually(lambda: _assert_counts(old_db, new_db, "web.1", (2, 0)))  # written while off
+        eventually(lambda: _assert_counts(probe, ("dyno", "web.1"), (2, 0)))  # written while off
 
         write_flags(flags, {APP: "shadow"})
         eventually(lambda: _assert_stage(client, "shadow"), timeout=5)
@@ -127,7 +149,7 @@ def test_mismatches_found_then_verified_and_repaired(migrating) -> None:  # type
 
         repaired = list(client.verify_range(APP, minute - MINUTE, minute + MINUTE, repair=True))
         assert repaired[-1].partials_repaired == 1
-        assert sqlite_count(new_db, APP, "web.1") == 2
+        assert probe.count("new", APP, "latency", ("dyno", "web.1")) == 2
         assert (
             list(client.verify_range(APP, minute - MINUTE, minute + MINUTE))[-1].partials_mismatched
             == 0
@@ -139,6 +161,7 @@ def test_mismatches_found_then_verified_and_repaired(migrating) -> None:  # type
         assert later.mismatches == status.mismatches  # consistent now
 
 
+@pytest.mark.parametrize("migrating", ["sqlite-to-sqlite"], indirect=True)
 def test_broken_flag_file_changes_nothing(migrating) -> None:  # type: ignore[no-untyped-def]
     server, flags, _, _ = migrating
     with Client(server.target) as client:

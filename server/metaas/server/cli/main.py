@@ -23,6 +23,7 @@ from metaas.server.config import (
     ServerConfig,
     Settings,
 )
+from metaas.server.storage.errors import StorageError
 
 _DEFAULTS = Settings()
 
@@ -239,6 +240,8 @@ def serve(
         asyncio.run(run(settings, telemetry))
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
+    except StorageError as error:
+        raise click.ClickException(f"storage: {error}") from error
 
 
 @main.group()
@@ -269,6 +272,8 @@ def schema_apply(storage: str, retention_days: int) -> None:
         click.echo(asyncio.run(apply_schema(storage, context)))
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
+    except StorageError as error:
+        raise click.ClickException(f"storage: {error}") from error
 
 
 for command in (write, query, demo, migration):
