@@ -6,8 +6,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -94,21 +98,52 @@ class CassandraConfig:
     protocol_version: int = 5
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    # TLS to the cluster: on with tls=true or any of the files below.
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def apply_schema_on_open(self) -> bool:
         return self.schema == "auto"
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """Verifies the server against ``tls_ca`` (else the system's CAs) and
+        presents ``tls_cert``/``tls_key`` when the cluster requires client
+        certificates."""
+        if not (self.tls or self.tls_ca or self.tls_cert):
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls_ca) if self.tls_ca else None)
+        if self.tls_cert is not None:
+            context.load_cert_chain(str(self.tls_cert), str(self.tls_key) if self.tls_key else None)
+        return context
+
     @classmethod
-    def from_url(cls, url: str) -> CassandraConfig:
+    def from_url(cls, url: str, environ: Mapping[str, str] | None = None) -> CassandraConfig:
+        """Parse ``url``. Credentials may instead come from
+        ``METAAS_CASSANDRA_USERNAME`` and ``METAAS_CASSANDRA_PASSWORD``, which
+        keeps the password out of command lines; error messages never show it."""
+        env = os.environ if environ is None else environ
+        try:
+            return cls._from_url(url, env)
+        except ConfigError as error:
+            secret = unquote(urlsplit(url).password or "")
+            if secret:
+                error.args = tuple(str(a).replace(secret, "***") for a in error.args)
+            raise
+
+    @classmethod
+    def _from_url(cls, url: str, env: Mapping[str, str]) -> CassandraConfig:
         parts = urlsplit(url)
         if parts.scheme != "cassandra":
             raise ConfigError("storage", url, "a cassandra://host:port/keyspace URL")
         userinfo, _, hostlist = parts.netloc.rpartition("@")
-        username = password = None
+        username = env.get("METAAS_CASSANDRA_USERNAME") or None
+        password = env.get("METAAS_CASSANDRA_PASSWORD") or None
         if userinfo:
             user, _, secret = userinfo.partition(":")
-            username, password = unquote(user), unquote(secret)
+            username, password = unquote(user), unquote(secret) or password
         hosts = tuple(_parse_host(host) for host in hostlist.split(",") if host)
         if not hosts:
             raise ConfigError("cassandra hosts", url, "cassandra://host[:port][,host[:port]]/ks")
@@ -156,16 +191,32 @@ class CassandraConfig:
             protocol_version=_integer(options, "protocol_version", 5, 4, 5),
             username=username,
             password=password,
+            tls=_choice(options, "tls", "false", ("true", "false"), upper=False) == "true",
+            tls_ca=_path(options, "tls_ca"),
+            tls_cert=_path(options, "tls_cert"),
+            tls_key=_path(options, "tls_key"),
         )
+        if (config.tls_cert is None) != (config.tls_key is None):
+            raise ConfigError("cassandra tls_cert / tls_key", "one of them", "both or neither")
         if options:
             raise ConfigError(
                 "cassandra option",
                 ", ".join(sorted(options)),
                 "consistency, read_consistency, dc, replication, schema, read_timeout_ms, "
                 "write_timeout_ms, connect_timeout_ms, fetch_size, max_in_flight, "
-                "speculative_delay_ms, protocol_version",
+                "speculative_delay_ms, protocol_version, tls, tls_ca, tls_cert, tls_key",
             )
         return config
+
+
+def _path(options: dict[str, str], name: str) -> Path | None:
+    raw = options.pop(name, None)
+    if raw is None:
+        return None
+    path = Path(raw)
+    if not path.is_file():
+        raise ConfigError(f"cassandra {name}", raw, "a readable PEM file")
+    return path
 
 
 def _parse_host(text: str) -> tuple[str, int]:

@@ -134,6 +134,7 @@ class CqlSession:
                 if config.username is not None
                 else None
             ),
+            ssl_context=config.ssl_context(),
         )
 
     async def close(self) -> None:
