@@ -1,5 +1,5 @@
 # Each target delegates to scripts/ or the CLI, so the same steps work without make.
-.PHONY: install run test lint proto demo services-up services-down clean
+.PHONY: install run test chaos lint proto demo services-up services-down clean
 
 install:
 	./scripts/install.sh
@@ -9,6 +9,9 @@ run: .venv/.installed
 
 test:
 	./scripts/test.sh
+
+chaos:
+	METAAS_CHAOS_OUTAGE_S=60 ./scripts/test.sh tests/chaos tests/e2e/test_fuzz.py tests/e2e/test_durability.py
 
 lint: .venv/.installed
 	./scripts/lint.sh

@@ -17,6 +17,7 @@ from metaas.server.config import (
     CodecConfig,
     ConfigError,
     IngestConfig,
+    LimitsConfig,
     MigrationConfig,
     RetentionConfig,
     SecurityConfig,
@@ -88,6 +89,21 @@ def main() -> None:
     envvar="METAAS_REFLECTION",
     default=True,
     help="Serve gRPC reflection (for grpcurl). [env METAAS_REFLECTION]",
+)
+@click.option(
+    "--max-inflight-requests",
+    envvar="METAAS_MAX_INFLIGHT_REQUESTS",
+    type=click.IntRange(1, 1_000_000),
+    default=_DEFAULTS.limits.max_inflight_requests,
+    help="Concurrent RPCs before RESOURCE_EXHAUSTED. [env METAAS_MAX_INFLIGHT_REQUESTS]",
+)
+@click.option(
+    "--max-backlog-bytes",
+    envvar="METAAS_MAX_BACKLOG_BYTES",
+    type=click.IntRange(1024),
+    default=_DEFAULTS.ingest.max_backlog_bytes,
+    help="Acknowledged bytes not yet stored before writes get UNAVAILABLE. "
+    "[env METAAS_MAX_BACKLOG_BYTES]",
 )
 @click.option(
     "--migration-target",
@@ -188,6 +204,8 @@ def serve(
     idempotency_window_s: float,
     shutdown_grace_s: float,
     reflection: bool,
+    max_inflight_requests: int,
+    max_backlog_bytes: int,
     migration_target: str | None,
     flags: Path | None,
     flags_provider: str | None,
@@ -220,7 +238,9 @@ def serve(
                 wal_dir=wal_dir,
                 flush_interval_s=flush_interval_s,
                 idempotency_window_s=idempotency_window_s,
+                max_backlog_bytes=max_backlog_bytes,
             ),
+            limits=LimitsConfig(max_inflight_requests=max_inflight_requests),
             retention=RetentionConfig(days=retention_days),
             codec=CodecConfig(compression, compression_threshold_bytes),
             security=SecurityConfig(tls_cert, tls_key, tls_client_ca, auth_tokens, insecure),
