@@ -1,5 +1,5 @@
 # Each target delegates to scripts/ or the CLI, so the same steps work without make.
-.PHONY: install run test chaos lint proto demo services-up services-down clean
+.PHONY: install run test chaos bench lint proto demo services-up services-down clean
 
 install:
 	./scripts/install.sh
@@ -12,6 +12,9 @@ test:
 
 chaos:
 	METAAS_CHAOS_OUTAGE_S=60 ./scripts/test.sh tests/chaos tests/e2e/test_fuzz.py tests/e2e/test_durability.py
+
+bench: .venv/.installed
+	./scripts/bench.sh
 
 lint: .venv/.installed
 	./scripts/lint.sh
