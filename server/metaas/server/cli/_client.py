@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from metaas.client import DEFAULT_TARGET, Client
 
-_F = TypeVar("_F", bound=Callable[..., Any])
 
-
-def client_options(command: _F) -> _F:
-    """--target, --token and the TLS files, each with its environment variable."""
+def client_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--target, --token and the TLS files, each with its environment variable,
+    passed to the command as one ``connection: Connection``."""
     options = [
         click.option(
             "--target",
@@ -48,29 +49,48 @@ def client_options(command: _F) -> _F:
             help="Client private key. [env METAAS_CLIENT_TLS_KEY]",
         ),
     ]
+
+    @functools.wraps(command)
+    def with_connection(
+        *args: Any,
+        target: str,
+        token: str | None,
+        tls: bool,
+        tls_ca: Path | None,
+        tls_cert: Path | None,
+        tls_key: Path | None,
+        **kwargs: Any,
+    ) -> Any:
+        connection = Connection(target, token, tls, tls_ca, tls_cert, tls_key)
+        return command(*args, connection=connection, **kwargs)
+
+    decorated: Callable[..., Any] = with_connection
     for option in reversed(options):
-        command = option(command)
-    return command
+        decorated = option(decorated)
+    return decorated
 
 
-def connect(
-    target: str,
-    token: str | None,
-    tls: bool,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    timeout: float = 10.0,
-) -> Client:
-    try:
-        return Client(
-            target,
-            timeout=timeout,
-            token=token,
-            tls=tls,
-            root_certificates=tls_ca.read_bytes() if tls_ca else None,
-            certificate_chain=tls_cert.read_bytes() if tls_cert else None,
-            private_key=tls_key.read_bytes() if tls_key else None,
-        )
-    except ValueError as error:
-        raise click.UsageError(str(error)) from error
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """Where the server is and how to reach it, from the client options."""
+
+    target: str
+    token: str | None
+    tls: bool
+    tls_ca: Path | None
+    tls_cert: Path | None
+    tls_key: Path | None
+
+    def open(self, timeout: float = 10.0) -> Client:
+        try:
+            return Client(
+                self.target,
+                timeout=timeout,
+                token=self.token,
+                tls=self.tls,
+                root_certificates=self.tls_ca.read_bytes() if self.tls_ca else None,
+                certificate_chain=self.tls_cert.read_bytes() if self.tls_cert else None,
+                private_key=self.tls_key.read_bytes() if self.tls_key else None,
+            )
+        except ValueError as error:
+            raise click.UsageError(str(error)) from error

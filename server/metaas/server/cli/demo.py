@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from metaas.client import MetaasError, Series
-from metaas.server.cli._client import client_options, connect
+from metaas.server.cli._client import Connection, client_options
 
 _STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 _STATUS_WEIGHTS = (0.90, 0.04, 0.05, 0.01)
@@ -31,12 +30,7 @@ _STATUS_WEIGHTS = (0.90, 0.04, 0.05, 0.01)
 )
 @click.option("--seed", type=int, default=7, help="Random seed, for reproducible traffic.")
 def demo(
-    target: str,
-    token: str | None,
-    tls: bool,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
+    connection: Connection,
     apps: int,
     dynos: int,
     minutes: int,
@@ -55,7 +49,7 @@ def demo(
         TimeRemainingColumn(),
     )
     written = 0
-    client = connect(target, token, tls, tls_ca, tls_cert, tls_key, timeout=60)
+    client = connection.open(timeout=60)
     with client, Progress(*columns) as progress:
         task = progress.add_task("apps", total=apps)
         for index in range(apps):

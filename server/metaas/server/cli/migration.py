@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from metaas.client import MetaasError
-from metaas.server.cli._client import client_options, connect
+from metaas.server.cli._client import Connection, client_options
 from metaas.server.cli._params import DURATION, TIMESTAMP
 from metaas.server.migration.report import render
 
@@ -26,16 +26,11 @@ def migration() -> None:
 @client_options
 @click.option("--app", default="", help="Also show this app's stage and check ratio.")
 def status(
-    target: str,
-    token: str | None,
-    tls: bool,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
+    connection: Connection,
     app: str,
 ) -> None:
     """Print GetMigrationStatus as JSON."""
-    with connect(target, token, tls, tls_ca, tls_cert, tls_key) as client:
+    with connection.open() as client:
         try:
             response = client.migration_status(app)
         except MetaasError as error:
@@ -52,12 +47,7 @@ def status(
 @click.option("--metric", "metrics", multiple=True, help="Only this metric (repeatable).")
 @click.option("--repair", is_flag=True, help="Copy the authoritative side over the other.")
 def verify(
-    target: str,
-    token: str | None,
-    tls: bool,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
+    connection: Connection,
     app: str,
     since: int,
     start: int | None,
@@ -76,7 +66,7 @@ def verify(
     )
     last = None
     with (
-        connect(target, token, tls, tls_ca, tls_cert, tls_key, timeout=3600) as client,
+        connection.open(timeout=3600) as client,
         Progress(*columns) as progress,
     ):
         task = progress.add_task("series", total=None)
@@ -105,16 +95,11 @@ def verify(
 @client_options
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default="report.html")
 def report(
-    target: str,
-    token: str | None,
-    tls: bool,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
+    connection: Connection,
     out: Path,
 ) -> None:
     """Write a self-contained HTML report of the migration."""
-    with connect(target, token, tls, tls_ca, tls_cert, tls_key) as client:
+    with connection.open() as client:
         try:
             response = client.migration_status(include_history=True)
         except MetaasError as error:

@@ -6,14 +6,13 @@ import json
 import math
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from metaas.client import DEFAULT_STATS, MetaasError
-from metaas.server.cli._client import client_options, connect
+from metaas.server.cli._client import Connection, client_options
 from metaas.server.cli._params import DURATION, LABEL_PAIR, TIMESTAMP
 
 
@@ -40,12 +39,7 @@ from metaas.server.cli._params import DURATION, LABEL_PAIR, TIMESTAMP
 @click.option("--group-by", multiple=True, help="Label to group by (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def query(
-    target: str,
-    token: str | None,
-    tls: bool,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
+    connection: Connection,
     app: str,
     metric: str,
     since: int,
@@ -63,7 +57,7 @@ def query(
     start_ms -= start_ms % 60_000  # buckets on minute boundaries read better
     names = [s.strip() for s in stats.split(",") if s.strip()]
     try:
-        with connect(target, token, tls, tls_ca, tls_cert, tls_key) as client:
+        with connection.open() as client:
             result = client.query_range(
                 app,
                 metric,

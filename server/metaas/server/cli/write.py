@@ -13,7 +13,7 @@ import click
 from rich.progress import Progress
 
 from metaas.client import MetaasError, Series
-from metaas.server.cli._client import client_options, connect
+from metaas.server.cli._client import Connection, client_options
 
 _CSV_FIELDS = {"app", "metric", "time_ms", "value"}
 SeriesId = tuple[str, str, tuple[tuple[str, str], ...]]
@@ -37,12 +37,7 @@ SeriesId = tuple[str, str, tuple[tuple[str, str], ...]]
 )
 def write(
     source: IO[str],
-    target: str,
-    token: str | None,
-    tls: bool,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
+    connection: Connection,
     fmt: str,
     batch_size: int,
 ) -> None:
@@ -66,7 +61,7 @@ def write(
         raise click.ClickException(f"{source.name}: {error}") from error
     total = sum(len(times) for times, _ in grouped.values())
     accepted = 0
-    client = connect(target, token, tls, tls_ca, tls_cert, tls_key)
+    client = connection.open()
     with client, Progress(transient=False) as progress:
         task = progress.add_task("writing", total=total)
         try:
