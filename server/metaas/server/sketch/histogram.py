@@ -46,6 +46,11 @@ def bucket_value(index: int) -> float:
     return 2.0 * lower * BASE / (1.0 + BASE)
 
 
+def _bucket_values(indices: Int64Array) -> FloatArray:
+    """``bucket_value`` of each index."""
+    return np.power(BASE, indices.astype(np.float64)) * (2.0 * BASE / (1.0 + BASE))
+
+
 class _Store:
     """Dense counts for a contiguous range of bucket indices."""
 
@@ -151,42 +156,44 @@ class Sketch:
         values of ranks ``floor(r)`` and ``ceil(r)``. Each of those two is
         within RELATIVE_ACCURACY of the true order statistic, so their linear
         interpolation is within it of the true quantile too."""
-        total = self.count
-        if total == 0:
-            return [math.nan] * len(fractions)
+        n_negative = self._negative.counts.size
+        plain = n_negative == 0 and self.zero_count == 0
         # Buckets in ascending value order: negatives from the largest
         # magnitude down, then zero, then positives.
-        n_negative = self._negative.counts.size
-        counts = np.concatenate(
-            [
-                self._negative.counts[::-1],
-                np.array([self.zero_count], np.int64),
-                self._positive.counts,
-            ]
+        counts = (
+            self._positive.counts
+            if plain
+            else np.concatenate(
+                [
+                    self._negative.counts[::-1],
+                    np.array([self.zero_count], np.int64),
+                    self._positive.counts,
+                ]
+            )
         )
         cumulative = np.cumsum(counts)
+        total = int(cumulative[-1]) if cumulative.size else 0
+        if total == 0:
+            return [math.nan] * len(fractions)
         ranks = np.array(fractions, np.float64) * (total - 1)
         lower = np.floor(ranks)
         upper = np.minimum(lower + 1, total - 1)
-        values = [
-            [self._position_value(int(p), n_negative) for p in positions.tolist()]
-            for positions in (
-                np.searchsorted(cumulative, lower, side="right"),
-                np.searchsorted(cumulative, upper, side="right"),
+        positions = np.searchsorted(cumulative, np.concatenate([lower, upper]), side="right")
+        if plain:
+            values = _bucket_values(self._positive.offset + positions)
+        else:
+            values = np.zeros(positions.size)
+            negative = positions < n_negative
+            values[negative] = -_bucket_values(
+                self._negative.offset + n_negative - 1 - positions[negative]
             )
-        ]
-        weights = (ranks - lower).tolist()
-        return [
-            low + weight * (high - low)
-            for low, high, weight in zip(values[0], values[1], weights, strict=True)
-        ]
-
-    def _position_value(self, position: int, n_negative: int) -> float:
-        if position < n_negative:
-            return -bucket_value(self._negative.offset + n_negative - 1 - position)
-        if position == n_negative:
-            return 0.0
-        return bucket_value(self._positive.offset + position - n_negative - 1)
+            positive = positions > n_negative
+            values[positive] = _bucket_values(
+                self._positive.offset + positions[positive] - n_negative - 1
+            )
+        low, high = values[: ranks.size], values[ranks.size :]
+        result: list[float] = (low + (ranks - lower) * (high - low)).tolist()
+        return result
 
     def to_bytes(self) -> bytes:
         """Compact encoding: version, zero count, then each store as offset,
