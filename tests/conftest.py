@@ -37,3 +37,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for test, found in FIGURES.items():
         shown = ", ".join(f"{k}: {v}" for k, v in found.items())
         terminalreporter.write_line(f"{test}: {shown}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Unit tests first: they are fast, and their property tests run before
+    any database driver starts background threads (hypothesis objects when
+    another thread touches the global random state while it generates)."""
+    items.sort(key=lambda item: 0 if "/tests/unit/" in str(item.path) else 1)
