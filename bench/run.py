@@ -1,0 +1,208 @@
+"""Run every scenario beside its baseline, print the table, write the JSON.
+
+    python -m bench.run [--duration 10] [--backends sqlite,cassandra,dynamodb]
+                        [--profile] [--out bench/results/latest.json]
+
+Cassandra (127.0.0.1:9042) and the DynamoDB emulator (127.0.0.1:8000) are
+used when they answer; ``scripts/bench.sh`` starts them first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bench import codec, report, scenarios
+from bench._process import BIN, ROOT, Child, metaas_server
+from bench.ghz import available as ghz_available
+from bench.profile import Profiler
+
+T = TypeVar("T")
+CASSANDRA = ("127.0.0.1", 9042)
+DYNAMODB = ("127.0.0.1", 8000)
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Runner:
+    def __init__(self, settings: scenarios.Settings) -> None:
+        self.settings = settings
+        self.results: dict[str, Any] = {"backends": {}, "baselines": {}, "errors": {}}
+
+    def step(self, name: str, function: Callable[[], T]) -> T | None:
+        """Run one scenario; a failure is recorded and the others still run."""
+        _log(f"{name} ...")
+        started = time.monotonic()
+        try:
+            value = function()
+        except Exception as error:  # noqa: BLE001 - reported in the results, the run goes on
+            self.results["errors"][name] = f"{type(error).__name__}: {error}"[:2000]
+            _log(f"{name} FAILED: {error}")
+            return None
+        _log(f"{name} done in {time.monotonic() - started:.1f}s")
+        return value
+
+    def backend(self, name: str, storage: str, env: dict[str, str] | None = None) -> None:
+        """Ingest, query and (except on the emulator) the 7-day query on one
+        backend; on the embedded store also the baselines beside them."""
+        settings = self.settings
+        found: dict[str, Any] = {"storage": storage.split("?")[0]}
+        self.results["backends"][name] = found
+        server = metaas_server(
+            name, storage, settings.work, flush_interval_s=scenarios.FLUSH_INTERVAL_S, env=env
+        )
+        started = self.step(f"{name}: start server", server.start)
+        if started is None:
+            return
+        try:
+            ingested = self.step(
+                f"{name}: ingest", lambda: scenarios.ingest(settings, server, name)
+            )
+            if ingested is not None:
+                found["ingest"] = ingested[0]
+                if name == "sqlite":
+                    self.results["baselines"]["ingest"] = self.step(
+                        "baseline: ingest", lambda: scenarios.ingest_baseline(settings, ingested[1])
+                    )
+                    # The same samples in fewer, longer series: how much of
+                    # the cost is per series rather than per sample.
+                    wide = self.step(
+                        f"{name}: ingest, 10 series per request",
+                        lambda: scenarios.ingest(settings, server, name, series=10),
+                    )
+                    found["ingest_10_series"] = wide[0] if wide is not None else None
+            queried = self.step(f"{name}: query", lambda: scenarios.query(settings, server, name))
+            if queried is not None:
+                found["query"] = queried
+                if name == "sqlite":
+                    self.results["baselines"]["query"] = self.step(
+                        "baseline: query",
+                        lambda: scenarios.query_baseline(
+                            settings, queried["query"], Path(queried["response_file"])
+                        ),
+                    )
+            if name != "dynamodb":
+                found["long_range"] = self.step(
+                    f"{name}: 7-day query", lambda: scenarios.long_range(settings, server, name)
+                )
+            found["server_memory_mib"] = server.memory_mib()
+        finally:
+            server.stop()
+            self._server_errors(name, server)
+
+    def _server_errors(self, name: str, server: Child) -> None:
+        tail = server.log_tail(200)
+        lines = [line for line in tail.splitlines() if "ERROR" in line or "Traceback" in line]
+        if lines:
+            self.results["backends"][name]["server_log_errors"] = lines[:10]
+
+
+def _reachable(address: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(address, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _dynamodb_schema(storage: str) -> bool:
+    """Create the table (a no-op when it exists)."""
+    subprocess.run(
+        [str(BIN / "metaas"), "schema", "apply", "--storage", storage],
+        env={**os.environ, **AWS_ENV},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=float(os.environ.get("BENCH_DURATION_S", "10")),
+        help="seconds of each measured load (BENCH_DURATION_S, default 10)",
+    )
+    parser.add_argument(
+        "--backends",
+        default=os.environ.get("BENCH_BACKENDS", "sqlite,cassandra,dynamodb"),
+        help="comma-separated (BENCH_BACKENDS)",
+    )
+    parser.add_argument("--profile", action="store_true", help="also profile with py-spy")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args()
+    if not ghz_available():
+        _log("ghz is missing from .tools/bin: run scripts/bench.sh, which installs it")
+        return 2
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    run_id = uuid.uuid4().hex[:8]
+    work = ROOT / "data" / f"bench-{run_id}"
+    work.mkdir(parents=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    settings = scenarios.Settings(
+        duration_s=args.duration,
+        work=work,
+        run_id=run_id,
+        profiler=Profiler(args.out.parent, args.duration) if args.profile else None,
+    )
+    runner = Runner(settings)
+    results = runner.results
+    results |= {
+        "run_id": run_id,
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "duration_s": args.duration,
+        "machine": report.machine(),
+        "skipped": {},
+    }
+    began = time.monotonic()
+    try:
+        results["codec"] = runner.step("codec", codec.run)
+        if "sqlite" in backends:
+            runner.backend("sqlite", f"sqlite:///{work / 'sqlite.db'}")
+            results["rss"] = runner.step("rss: 100,000 series", lambda: scenarios.rss(settings))
+            results["shadow"] = runner.step("shadow vs off", lambda: scenarios.shadow(settings))
+        if "cassandra" in backends:
+            if _reachable(CASSANDRA):
+                runner.backend("cassandra", "cassandra://127.0.0.1:9042/metaas_bench")
+            else:
+                results["skipped"]["cassandra"] = "not reachable on 127.0.0.1:9042"
+        if "dynamodb" in backends:
+            storage = "dynamodb://metaas_bench?endpoint=http://127.0.0.1:8000&region=us-east-1"
+            if not _reachable(DYNAMODB):
+                results["skipped"]["dynamodb"] = "not reachable on 127.0.0.1:8000"
+            elif runner.step("dynamodb: schema", lambda: _dynamodb_schema(storage)) is not None:
+                runner.backend("dynamodb", storage, env=AWS_ENV)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["elapsed_s"] = round(time.monotonic() - began, 1)
+    results["machine"]["loadavg_at_end"] = os.getloadavg()
+    flat = report.headline(results)
+    results = flat | {"targets": report.targets(flat)} | results
+    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print(report.table(report.rows(results, flat)))
+    shown = args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out
+    print(f"\nwritten to {shown}")
+    if results["errors"]:
+        print(f"{len(results['errors'])} scenario(s) failed: {', '.join(results['errors'])}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
