@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from metaas.server.config import ConfigError, IngestConfig, RetentionConfig, ServerConfig
+from metaas.server.config import (
+    CodecConfig,
+    ConfigError,
+    IngestConfig,
+    MigrationConfig,
+    RetentionConfig,
+    ServerConfig,
+)
 from metaas.server.storage.sqlite import SqliteConfig
 from metaas.server.telemetry import from_environment
 
@@ -21,6 +28,9 @@ from metaas.server.telemetry import from_environment
         (lambda: SqliteConfig.from_url("sqlite:///x.db?synchronous=SOMETIMES"), "synchronous"),
         (lambda: SqliteConfig.from_url("sqlite:///x.db?cache=big"), "storage"),
         (lambda: from_environment({"OTEL_TRACES_EXPORTER": "zipkin"}), "OTEL_TRACES_EXPORTER"),
+        (lambda: MigrationConfig(guard_error_rate=2.0), "METAAS_GUARD_ERROR_RATE"),
+        (lambda: MigrationConfig(shadow_timeout_s=0), "shadow timeout"),
+        (lambda: CodecConfig(compression="lz4"), "METAAS_COMPRESSION"),
     ],
 )
 def test_bad_values_name_the_setting_and_what_it_accepts(build: object, named: str) -> None:

@@ -203,11 +203,15 @@ class MigrationConfig:
             raise ConfigError("shadow timeout", self.shadow_timeout_s, "seconds > 0")
         if not 0 <= self.relative_tolerance < 1:
             raise ConfigError("compare tolerance", self.relative_tolerance, "0 <= t < 1")
+        if self.window_s <= 0:
+            raise ConfigError("METAAS_MIGRATION_WINDOW_S", self.window_s, "seconds > 0")
+        if self.guard_min_samples < 1:
+            raise ConfigError("METAAS_GUARD_MIN_SAMPLES", self.guard_min_samples, ">= 1")
         if self.ignore_newest_minutes < 0:
             raise ConfigError("ignore newest minutes", self.ignore_newest_minutes, ">= 0")
         for name, rate in (
-            ("guard error rate", self.guard_error_rate),
-            ("guard mismatch rate", self.guard_mismatch_rate),
+            ("METAAS_GUARD_ERROR_RATE / --guard-error-rate", self.guard_error_rate),
+            ("METAAS_GUARD_MISMATCH_RATE / --guard-mismatch-rate", self.guard_mismatch_rate),
         ):
             if not 0 < rate <= 1:
                 raise ConfigError(name, rate, "a fraction in (0, 1]")

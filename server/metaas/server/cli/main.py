@@ -145,6 +145,36 @@ def main() -> None:
     help="Newest minutes left out of comparisons. [env METAAS_COMPARE_IGNORE_NEWEST_MINUTES]",
 )
 @click.option(
+    "--guard-error-rate",
+    envvar="METAAS_GUARD_ERROR_RATE",
+    type=float,
+    default=_DEFAULTS.migration.guard_error_rate,
+    help="In live/rampdown, the new backend's error rate that makes an app's reads fall "
+    "back to the old one. [env METAAS_GUARD_ERROR_RATE]",
+)
+@click.option(
+    "--guard-mismatch-rate",
+    envvar="METAAS_GUARD_MISMATCH_RATE",
+    type=float,
+    default=_DEFAULTS.migration.guard_mismatch_rate,
+    help="The mismatch rate that does the same. [env METAAS_GUARD_MISMATCH_RATE]",
+)
+@click.option(
+    "--guard-min-samples",
+    envvar="METAAS_GUARD_MIN_SAMPLES",
+    type=click.IntRange(1),
+    default=_DEFAULTS.migration.guard_min_samples,
+    help="Reads or comparisons needed before the guard rail may trip. "
+    "[env METAAS_GUARD_MIN_SAMPLES]",
+)
+@click.option(
+    "--migration-window-s",
+    envvar="METAAS_MIGRATION_WINDOW_S",
+    type=float,
+    default=_DEFAULTS.migration.window_s,
+    help="Sliding window of the status and the guard rail. [env METAAS_MIGRATION_WINDOW_S]",
+)
+@click.option(
     "--tls-cert",
     envvar="METAAS_TLS_CERT",
     type=click.Path(path_type=Path),
@@ -212,6 +242,10 @@ def serve(
     shadow_timeout_s: float,
     compare_tolerance: float,
     compare_ignore_newest_minutes: int,
+    guard_error_rate: float,
+    guard_mismatch_rate: float,
+    guard_min_samples: int,
+    migration_window_s: float,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_client_ca: Path | None,
@@ -251,6 +285,10 @@ def serve(
                 shadow_timeout_s=shadow_timeout_s,
                 relative_tolerance=compare_tolerance,
                 ignore_newest_minutes=compare_ignore_newest_minutes,
+                guard_error_rate=guard_error_rate,
+                guard_mismatch_rate=guard_mismatch_rate,
+                guard_min_samples=guard_min_samples,
+                window_s=migration_window_s,
             ),
         )
         telemetry = from_environment()
