@@ -104,12 +104,14 @@ async def test_slow_shadow_never_delays_beyond_its_timeout(
     started = time.perf_counter()
     routed = await r.query_range(QUERY)
     elapsed = time.perf_counter() - started
-    assert elapsed < 0.2 + 0.15, elapsed
+    assert elapsed < 0.1, elapsed  # the answer does not wait for the shadow
     assert routed.groups[0].values[0] == (3.0,)
     assert routed.comparison is not None
-    assert not routed.comparison.consistent
-    assert routed.comparison.candidate.error is not None
-    assert "timed out" in routed.comparison.candidate.error
+    comparison = await routed.comparison
+    assert time.perf_counter() - started < 0.2 + 0.1  # nor does the comparison, past its timeout
+    assert not comparison.consistent
+    assert comparison.candidate.error is not None
+    assert "timed out" in comparison.candidate.error
 
 
 async def test_failing_shadow_never_fails_a_query(backends: tuple[Storage, Faulty]) -> None:
@@ -119,6 +121,7 @@ async def test_failing_shadow_never_fails_a_query(backends: tuple[Storage, Fault
     for _ in range(5):
         routed = await r.query_range(QUERY)
         assert routed.groups[0].values[0] == (3.0,)
+    await r.drain()
     assert r.window.total_comparisons == 5
     assert r.window.total_mismatches == 5
 
@@ -129,9 +132,10 @@ async def test_consistent_backends_compare_equal(backends: tuple[Storage, Faulty
     routed = await r.query_range(QUERY)
     assert routed.served_by == new.name
     assert routed.comparison is not None
-    assert routed.comparison.consistent
-    assert routed.comparison.primary.role == "new"
-    assert routed.comparison.candidate.role == "old"
+    comparison = await routed.comparison
+    assert comparison.consistent
+    assert comparison.primary.role == "new"
+    assert comparison.candidate.role == "old"
 
 
 async def test_guard_rail_falls_back_when_the_new_backend_fails(

@@ -106,11 +106,26 @@ def test_one_app_through_all_six_stages(migrating) -> None:  # type: ignore[no-u
             )
             assert result.series[0].stats["count"] == (10.0,), stage
             assert result.served_by == served[reader], stage
+            # A comparison finishes after the answer, within the shadow timeout
+            # (0.25 s): wait past it, then count.
+            time.sleep(0.6)
             after = client.migration_status()
             reads = {b.role: b.reads for b in after.backends}
             assert reads.get(reader, 0) > before_reads.get(reader, 0), stage
             assert after.comparisons == before_comparisons + (1 if compared else 0), stage
             assert after.mismatches == 0, (stage, list(after.recent_mismatches))
+
+
+def _with_mismatches(client: Client, count: int):  # type: ignore[no-untyped-def]
+    status = client.migration_status(APP)
+    assert status.mismatches == count
+    return status
+
+
+def _with_comparisons(client: Client, count: int):  # type: ignore[no-untyped-def]
+    status = client.migration_status(APP)
+    assert status.comparisons == count
+    return status
 
 
 def _assert_stage(client: Client, stage: str) -> None:
@@ -134,8 +149,7 @@ def test_mismatches_found_then_verified_and_repaired(migrating) -> None:  # type
         write_flags(flags, {APP: "shadow"})
         eventually(lambda: _assert_stage(client, "shadow"), timeout=5)
         client.query_range(APP, "latency", minute, minute + MINUTE, stats=["count", "max"])
-        status = client.migration_status(APP)
-        assert status.mismatches == 1
+        status = eventually(lambda: _with_mismatches(client, 1))
         (sample,) = status.recent_mismatches
         assert sample.app == APP
         assert sample.diff
@@ -156,8 +170,7 @@ def test_mismatches_found_then_verified_and_repaired(migrating) -> None:  # type
         )
 
         client.query_range(APP, "latency", minute, minute + MINUTE, stats=["count", "max"])
-        later = client.migration_status(APP)
-        assert later.comparisons == status.comparisons + 1
+        later = eventually(lambda: _with_comparisons(client, status.comparisons + 1))
         assert later.mismatches == status.mismatches  # consistent now
 
 

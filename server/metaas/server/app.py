@@ -92,6 +92,7 @@ async def serve(
             try:
                 await _serve_api(settings, telemetry, clock, router, pipeline, stop, on_ready)
             finally:
+                await router.drain()
                 await pipeline.stop()
     finally:
         telemetry.shutdown()

@@ -12,7 +12,7 @@ from opentelemetry import trace
 from metaas.server.api.admission import Admission
 from metaas.server.api.auth import Authenticator, Principal
 from metaas.server.api.errors import RequestError, abort
-from metaas.server.api.tracing import rpc_span
+from metaas.server.api.tracing import RpcSpan, rpc_span
 from metaas.server.api.validation import validate_list_series, validate_query
 from metaas.server.config import LimitsConfig
 from metaas.server.migration.router import MigrationRouter
@@ -58,11 +58,13 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
             await abort(context, error)
 
     async def _query_range(
-        self, request: query_pb2.QueryRangeRequest, principal: Principal, span: trace.Span
+        self, request: query_pb2.QueryRangeRequest, principal: Principal, span: RpcSpan
     ) -> query_pb2.QueryRangeResponse:
         query = validate_query(request, limits=self._limits)
         principal.require_app(query.app, "app")
         routed = await _storage_call(self._router.query_range(query))
+        if routed.comparison is not None:
+            span.end_after(routed.comparison)  # its attributes land on this span
         span.set_attributes(
             {
                 "metaas.result.series": len(routed.groups),

@@ -42,7 +42,8 @@ class Routed:
     groups: list[ResultGroup]
     served_by: str
     stage: Stage
-    comparison: Comparison | None
+    # The shadow comparison, finishing after the answer (None: no shadow read).
+    comparison: asyncio.Task[Comparison] | None
 
 
 class MigrationRouter:
@@ -67,6 +68,7 @@ class MigrationRouter:
         self._clock = clock
         self._sample = sample
         self.fallbacks: dict[str, Fallback] = {}
+        self._comparing: set[asyncio.Task[Comparison]] = set()
         meter = telemetry.meter
         self._comparisons = meter.create_counter(
             "metaas.migration.comparisons", unit="{comparison}", description="Shadow comparisons"
@@ -129,12 +131,32 @@ class MigrationRouter:
 
         comparison = None
         if shadow is not None:
-            candidate = await self._await_shadow(shadow, primary)
-            comparison = self._compare(query, stage, primary, candidate)
-            self._publish(comparison)
+            # Answer now; the comparison finishes beside the next requests.
+            comparison = asyncio.create_task(self._compare_later(query, stage, primary, shadow))
+            self._comparing.add(comparison)
+            comparison.add_done_callback(self._comparing.discard)
         self._check_guard(app, stage)
         assert primary.value is not None
         return Routed(list(primary.value), self.backend_name(role), stage, comparison)
+
+    async def drain(self) -> None:
+        """Wait for comparisons still running (each bounded by the shadow
+        timeout), so their results are published before shutdown."""
+        while self._comparing:
+            await asyncio.gather(*self._comparing, return_exceptions=True)
+
+    async def _compare_later(
+        self,
+        query: RangeQuery,
+        stage: Stage,
+        primary: Observation,
+        shadow: asyncio.Task[Observation],
+    ) -> Comparison:
+        candidate = await self._await_shadow(shadow, primary)
+        comparison = self._compare(query, stage, primary, candidate)
+        self._publish(comparison)
+        self._check_guard(query.app, stage)
+        return comparison
 
     def _read_role(self, app: str, stage: Stage, plan: Plan) -> Role:
         fallback = self.fallbacks.get(app)
@@ -166,8 +188,8 @@ class MigrationRouter:
     async def _await_shadow(
         self, shadow: asyncio.Task[Observation], primary: Observation
     ) -> Observation:
-        # The shadow started with the primary: it may use what is left of its
-        # own timeout, never more.
+        # The shadow started with the primary: it gets its own timeout, counted
+        # from then, never more.
         remaining = max(0.0, self.config.shadow_timeout_s - primary.duration_s)
         done, _ = await asyncio.wait({shadow}, timeout=remaining)
         if done:
