@@ -106,3 +106,19 @@ def test_from_samples_by_minute_groups_exactly() -> None:
         assert distribution.max == chosen.max()
         assert distribution.sum == pytest.approx(chosen.sum(), rel=1e-12)
         assert distribution.sketch == Sketch.from_values(chosen)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(hnp.arrays(np.float64, st.integers(1, 300), elements=finite), min_size=1, max_size=12),
+    st.lists(st.floats(0.0, 1.0), min_size=1, max_size=6),
+)
+def test_quantiles_of_many_equal_each_distribution(
+    parts: list[np.ndarray], fractions: list[float]
+) -> None:
+    from metaas.server.sketch.distribution import quantiles_of_many
+
+    distributions = [Distribution.from_values(p) for p in parts]
+    together = quantiles_of_many(distributions, fractions)
+    for row, distribution in zip(together.tolist(), distributions, strict=True):
+        assert row == pytest.approx(distribution.quantiles(fractions), rel=1e-12, abs=1e-300)

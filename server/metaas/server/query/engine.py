@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from metaas.server.clock import Clock
 from metaas.server.model import Labels, SeriesKey
-from metaas.server.query.stats import Stat, evaluate
+from metaas.server.query.stats import Stat, evaluate_many
 from metaas.server.sketch import Distribution
 from metaas.server.storage.base import PartialReader
 
@@ -76,6 +76,5 @@ def _result(
     group: Labels, by_time: dict[int, Distribution], stats: tuple[Stat, ...]
 ) -> ResultGroup:
     times = sorted(by_time)
-    rows = [evaluate(stats, by_time[t]) for t in times]
-    columns = tuple(tuple(row[i] for row in rows) for i in range(len(stats)))
-    return ResultGroup(group, tuple(times), columns)
+    columns = evaluate_many(stats, [by_time[t] for t in times])
+    return ResultGroup(group, tuple(times), tuple(columns))

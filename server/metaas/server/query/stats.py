@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from metaas.server.sketch import Distribution
+from metaas.server.sketch.distribution import quantiles_of_many
 
 _NAMED_QUANTILES: Final = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p999": 0.999}
 _EXACT: Final = ("count", "sum", "min", "max", "mean")
@@ -31,6 +32,33 @@ def parse_stat(name: str) -> Stat | None:
     if _Q.match(name):
         return Stat(name, float(name[1:]))
     return None
+
+
+def evaluate_many(
+    stats: tuple[Stat, ...], distributions: list[Distribution]
+) -> list[tuple[float, ...]]:
+    """Each stat's values over many buckets (one tuple per stat); quantiles
+    of all buckets are computed in one pass."""
+    fractions = [s.quantile for s in stats if s.quantile is not None]
+    quantiles = quantiles_of_many(distributions, fractions) if fractions else None
+    columns: list[tuple[float, ...]] = []
+    column = 0
+    for stat in stats:
+        if stat.quantile is not None:
+            assert quantiles is not None
+            columns.append(tuple(quantiles[:, column].tolist()))
+            column += 1
+        elif stat.name == "count":
+            columns.append(tuple(float(d.count) for d in distributions))
+        elif stat.name == "sum":
+            columns.append(tuple(d.sum for d in distributions))
+        elif stat.name == "min":
+            columns.append(tuple(d.min for d in distributions))
+        elif stat.name == "max":
+            columns.append(tuple(d.max for d in distributions))
+        else:
+            columns.append(tuple(d.mean for d in distributions))
+    return columns
 
 
 def evaluate(stats: tuple[Stat, ...], distribution: Distribution) -> list[float]:

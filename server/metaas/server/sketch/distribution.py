@@ -8,6 +8,7 @@ from typing import Final
 
 import numpy as np
 
+from metaas.server.sketch import histogram
 from metaas.server.sketch.histogram import FloatArray, Int64Array, Sketch
 
 MINUTE_MS: Final = 60_000
@@ -120,3 +121,13 @@ def from_samples_by_minute(
         )
         for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True))
     ]
+
+
+def quantiles_of_many(distributions: list[Distribution], fractions: list[float]) -> FloatArray:
+    """``Distribution.quantiles`` of each distribution, as rows, in one pass."""
+    estimates = histogram.quantiles_of_many([d.sketch for d in distributions], fractions)
+    minimum = np.array([d.min for d in distributions])[:, None]
+    maximum = np.array([d.max for d in distributions])[:, None]
+    q = np.array(fractions, np.float64)[None, :]
+    clamped = np.minimum(np.maximum(estimates, minimum), maximum)
+    return np.where(q <= 0.0, minimum, np.where(q >= 1.0, maximum, clamped))

@@ -237,3 +237,53 @@ def _count_width(counts: Int64Array) -> int:
         if peak < 1 << (8 * width):
             return width
     return 8
+
+
+# Above this many buckets in all, many sketches are answered one by one.
+_BATCH_CELLS: Final = 4_000_000
+
+
+def quantiles_of_many(sketches: list[Sketch], fractions: list[float]) -> FloatArray:
+    """``Sketch.quantiles`` of each sketch, as rows, computed in one numpy
+    pass for the common case (positive values only) and one by one otherwise.
+    Same results as calling each sketch's ``quantiles``."""
+    result = np.empty((len(sketches), len(fractions)))
+    plain = [
+        i
+        for i, s in enumerate(sketches)
+        if s._negative.counts.size == 0 and s.zero_count == 0 and s._positive.counts.size
+    ]
+    if plain and fractions:
+        low = min(sketches[i]._positive.offset for i in plain)
+        high = max(sketches[i]._positive.offset + sketches[i]._positive.counts.size for i in plain)
+        most = max(int(sketches[i]._positive.counts.sum()) for i in plain)
+        # Shifted ranks must stay exact in a float64 (below 2**52).
+        if len(plain) * (high - low) > _BATCH_CELLS or len(plain) * (most + 1) > 2**52:
+            plain = []
+        else:
+            counts = np.zeros((len(plain), high - low), np.int64)
+            for row, i in enumerate(plain):
+                store = sketches[i]._positive
+                start = store.offset - low
+                counts[row, start : start + store.counts.size] = store.counts
+            cumulative = np.cumsum(counts, axis=1)
+            totals = cumulative[:, -1:]
+            ranks = np.array(fractions, np.float64)[None, :] * (totals - 1)
+            lower = np.floor(ranks)
+            upper = np.minimum(lower + 1, totals - 1)
+            # One searchsorted for every row: shift each row's cumulative
+            # counts (and its ranks) past the previous row's.
+            width = high - low
+            shift = (np.arange(len(plain), dtype=np.int64) * (int(totals.max()) + 1))[:, None]
+            flat = (cumulative + shift).ravel()
+            base = (np.arange(len(plain), dtype=np.int64) * width)[:, None]
+            below_lower = np.searchsorted(flat, lower + shift, side="right") - base
+            below_upper = np.searchsorted(flat, upper + shift, side="right") - base
+            lows = _bucket_values(low + below_lower)
+            highs = _bucket_values(low + below_upper)
+            result[plain] = lows + (ranks - lower) * (highs - lows)
+    done = set(plain)
+    for i, sketch in enumerate(sketches):
+        if i not in done:
+            result[i] = sketch.quantiles(fractions)
+    return result
