@@ -8,7 +8,7 @@ from pathlib import Path
 STAGES = ("off", "dualwrite", "shadow", "live", "rampdown", "complete")
 
 
-def write_flags(path: Path, stages: dict[str, str], *, ratio: float) -> None:
+def write_flags(path: Path, stages: dict[str, str], *, ratio: float = 1.0) -> None:
     """Each app in ``stages`` at its stage (others off), every read of a
     shadowed app compared when ``ratio`` is 1.0. Written to a temporary name
     and renamed, so the server never reads half a file."""

@@ -2,37 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from bench.flags import STAGES, write_flags
 
-STAGES = ("off", "dualwrite", "shadow", "live", "rampdown", "complete")
-
-
-def write_flags(path: Path, stages: dict[str, str], *, ratio: float = 1.0) -> None:
-    """A flagd flag file: each app in ``stages`` at its stage, others off.
-    Written to a temporary name and renamed, as an operator's tool would."""
-    chain: list[object] = []
-    for app, stage in sorted(stages.items()):
-        chain += [{"in": [{"var": "app"}, [app]]}, stage]
-    targeting = {"if": [*chain, "off"]} if chain else {}
-    document = {
-        "flags": {
-            "migration-stage": {
-                "state": "ENABLED",
-                "variants": {s: s for s in STAGES},
-                "defaultVariant": "off",
-                "targeting": targeting,
-            },
-            "migration-check-ratio": {
-                "state": "ENABLED",
-                "variants": {"ratio": ratio},
-                "defaultVariant": "ratio",
-            },
-        }
-    }
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(document, indent=1))
-    temporary.replace(path)
+__all__ = ["STAGES", "StorageProbe", "write_flags"]
 
 
 class StorageProbe:

@@ -10,7 +10,7 @@ import numpy as np
 from opentelemetry import trace
 
 from metaas.server.api.auth import Authenticator
-from metaas.server.api.errors import RequestError, abort, invalid
+from metaas.server.api.errors import RequestError, abort, from_storage, invalid
 from metaas.server.api.tracing import rpc_span
 from metaas.server.api.validation import Violations, check_range
 from metaas.server.migration.router import MigrationRouter
@@ -162,12 +162,7 @@ class MigrationAdminServicer(migration_pb2_grpc.MigrationAdminServicer):
                             samples=progress.samples,
                         )
                 except StorageError as error:
-                    code = (
-                        grpc.StatusCode.UNAVAILABLE
-                        if error.is_retryable
-                        else grpc.StatusCode.INTERNAL
-                    )
-                    raise RequestError(code, f"storage: {error}") from error
+                    raise from_storage(error) from error
         except RequestError as error:
             await abort(context, error)
 

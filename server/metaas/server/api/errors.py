@@ -10,6 +10,8 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from metaas.server.storage.errors import StorageError
+
 
 class RequestError(Exception):
     """A request the server refuses, with the fields at fault."""
@@ -27,6 +29,13 @@ class RequestError(Exception):
         self.message = message
         self.violations = tuple(violations)
         self.retry_after_s = retry_after_s
+
+
+def from_storage(error: StorageError) -> RequestError:
+    """A backend failure as the caller sees it: UNAVAILABLE when retrying
+    later can succeed, INTERNAL otherwise."""
+    code = grpc.StatusCode.UNAVAILABLE if error.is_retryable else grpc.StatusCode.INTERNAL
+    return RequestError(code, f"storage: {error}")
 
 
 def invalid(field: str, description: str) -> RequestError:

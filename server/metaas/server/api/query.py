@@ -11,7 +11,7 @@ from opentelemetry import trace
 
 from metaas.server.api.admission import Admission
 from metaas.server.api.auth import Authenticator, Principal
-from metaas.server.api.errors import RequestError, abort
+from metaas.server.api.errors import RequestError, abort, from_storage
 from metaas.server.api.tracing import RpcSpan, rpc_span
 from metaas.server.api.validation import validate_list_series, validate_query
 from metaas.server.config import LimitsConfig
@@ -144,5 +144,4 @@ async def _storage_call(call: Awaitable[_T]) -> _T:
     try:
         return await call
     except StorageError as error:
-        code = grpc.StatusCode.UNAVAILABLE if error.is_retryable else grpc.StatusCode.INTERNAL
-        raise RequestError(code, f"storage: {error}") from error
+        raise from_storage(error) from error
