@@ -21,7 +21,7 @@ HOST = "127.0.0.1"
 PORT = 9042
 RETENTION_MS = 30 * 86_400_000
 CONFORMANCE_KEYSPACE = "metaas_conformance"
-_TABLES = ("partials", "series_by_app")
+_TABLES = ("partials", "hourly", "series_by_app")
 
 _lock = threading.Lock()
 _admin: Any = None

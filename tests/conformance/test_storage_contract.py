@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from metaas.server.model import Partial, PartialKey, SeriesKey
+from metaas.server.model import Partial, PartialKey, Resolution, SeriesKey
 from metaas.server.sketch import Distribution
 from metaas.server.storage import Storage
 from tests.conformance.conftest import RETENTION_MS, FixedClock
@@ -140,3 +142,58 @@ async def test_unicode_labels_and_many_partials(storage: Storage, clock: FixedCl
         await storage.write_partials(written[start : start + 500])
     read = await storage.read_partials("shop", "latency", base, base + 90 * MINUTE)
     assert as_set(read) == as_set(written)
+
+
+HOUR = 60 * MINUTE
+
+
+def hourly(hour: int, *values: float, writer: str = "w1", epoch: int = 1) -> Partial:
+    return dataclasses.replace(
+        partial(hour, *values, writer=writer, epoch=epoch), resolution=Resolution.HOUR
+    )
+
+
+async def test_hourly_rollups_are_stored_apart_from_minutes(
+    storage: Storage, clock: FixedClock
+) -> None:
+    hour = Resolution.HOUR.floor(clock.now) - 3 * HOUR
+    minutes = [partial(hour + i * MINUTE, float(i)) for i in range(3)]
+    rollups = [
+        hourly(hour, 0.0, 1.0, 2.0),
+        hourly(hour + HOUR, 5.0),
+        hourly(hour, 7.0, writer="w2"),
+    ]
+    await storage.write_partials([*minutes, *rollups])
+
+    read_minutes = await storage.read_partials("shop", "latency", hour, hour + 2 * HOUR)
+    read_hours = await storage.read_partials(
+        "shop", "latency", hour, hour + 2 * HOUR, Resolution.HOUR
+    )
+    assert as_set(read_minutes) == as_set(minutes)
+    assert all(p.resolution is Resolution.MINUTE for p in read_minutes)
+    assert as_set(read_hours) == as_set(rollups)
+    assert all(p.resolution is Resolution.HOUR for p in read_hours)
+    # An hour starts in the range or is left out, like a minute.
+    later = await storage.read_partials(
+        "shop", "latency", hour + MINUTE, hour + 2 * HOUR, Resolution.HOUR
+    )
+    assert [p.minute_ms for p in later] == [hour + HOUR]
+    # Rollups never make a series appear in a range its minutes are not in.
+    assert await storage.list_series("shop", hour + HOUR, hour + 2 * HOUR) == []
+
+
+async def test_hourly_keys_are_their_own(storage: Storage, clock: FixedClock) -> None:
+    hour = Resolution.HOUR.floor(clock.now) - 2 * HOUR
+    minute, rollup = partial(hour, 1.0), hourly(hour, 1.0, 2.0, epoch=3)
+    await storage.write_partials([minute, rollup])
+    found = await storage.get_partials([minute.key, rollup.key])
+    assert found[minute.key].distribution.count == 1
+    assert found[minute.key].resolution is Resolution.MINUTE
+    assert found[rollup.key].distribution.count == 2
+    assert found[rollup.key].epoch == 3
+    assert found[rollup.key].resolution is Resolution.HOUR
+    await storage.write_partials([hourly(hour, 4.0, epoch=4)])
+    (replaced,) = await storage.read_partials("shop", "latency", hour, hour + HOUR, Resolution.HOUR)
+    assert (replaced.epoch, replaced.distribution.sum) == (4, 4.0)
+    (kept,) = await storage.read_partials("shop", "latency", hour, hour + MINUTE)
+    assert kept.distribution.sum == 1.0

@@ -32,7 +32,7 @@ from metaas.server.config import CodecConfig
 from metaas.server.ingest.aggregator import Aggregator
 from metaas.server.ingest.flusher import write_pending
 from metaas.server.ingest.records import SeriesBatch
-from metaas.server.model import Partial, SeriesKey
+from metaas.server.model import Partial, Resolution, SeriesKey
 from metaas.server.query.stats import Stat, evaluate, parse_stat
 from metaas.server.sketch import Distribution
 from metaas.server.storage import Storage, StorageContext, codec, open_storage
@@ -126,7 +126,9 @@ async def test_a_minute_over_400_kb_is_stored_within_the_limit_and_reads_back_ex
         aggregator = Aggregator(hot_minutes=3)
         aggregator.apply(dyno_batches(requests, sigma))
         pending = aggregator.take_dirty()
-        assert len(pending) == 2 * DYNOS
+        # Two minutes of every dyno, and the hour's rollup of each.
+        assert sum(p.resolution is Resolution.MINUTE for p in pending) == 2 * DYNOS
+        assert sum(p.resolution is Resolution.HOUR for p in pending) == DYNOS
         for store in stores:
             await write_pending(store, pending, writer=WRITER, epoch=1)
 
@@ -134,8 +136,8 @@ async def test_a_minute_over_400_kb_is_stored_within_the_limit_and_reads_back_ex
         # exceeded 400 KB and carries the codec's marker.
         stored = await dynamodb.scan(dynamodb.table_of(url))
         assert all(schema.item_size(item) <= schema.MAX_ITEM_BYTES for item in stored)
-        heads = [item for item in stored if item["pk"]["S"].startswith("b#")]
-        assert len(heads) == 2
+        heads = [item for item in stored if item["pk"]["S"][:2] in ("b#", "h#")]
+        assert len(heads) == 3  # two minute blocks, one hourly block
         chunks = sorted(
             (item for item in stored if item["pk"]["S"].startswith("c#")),
             key=lambda item: (item["pk"]["S"], item["sk"]["S"]),

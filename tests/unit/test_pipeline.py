@@ -13,7 +13,8 @@ import pytest
 from metaas.server.api.validation import validate_write
 from metaas.server.config import IngestConfig, LimitsConfig
 from metaas.server.ingest.pipeline import IngestPipeline
-from metaas.server.model import Partial
+from metaas.server.model import Partial, Resolution
+from metaas.server.sketch import Distribution
 from metaas.server.storage import Storage, StorageContext, Unavailable, open_storage
 from metaas.server.telemetry import noop
 from metaas.v1 import ingest_pb2
@@ -58,8 +59,29 @@ async def write(p: IngestPipeline, clock: FixedClock, times: list[int], key: str
 
 
 async def stored_count(storage: Storage) -> int:
-    partials = await storage.read_partials("a", "m", 0, START + 3600 * 1000)
-    return sum(p.distribution.count for p in partials)
+    """Samples stored, after checking that each writer's hourly rollups hold
+    exactly what its minutes hold."""
+    end = START + 3600 * 1000
+    minutes = await storage.read_partials("a", "m", 0, end)
+    hours = await storage.read_partials("a", "m", 0, end, Resolution.HOUR)
+    by_minutes: dict[tuple[str, int], Distribution] = {}
+    for minute in minutes:
+        key = (minute.writer, Resolution.HOUR.floor(minute.minute_ms))
+        if key in by_minutes:
+            by_minutes[key].merge(minute.distribution)
+        else:
+            by_minutes[key] = minute.distribution.copy()
+    by_hours = {(h.writer, h.minute_ms): h.distribution for h in hours}
+    assert by_hours.keys() == by_minutes.keys()
+    for key, rollup in by_hours.items():
+        expected = by_minutes[key]
+        assert (rollup.count, rollup.min, rollup.max) == (
+            expected.count,
+            expected.min,
+            expected.max,
+        )
+        assert rollup.sketch.to_bytes() == expected.sketch.to_bytes()
+    return sum(p.distribution.count for p in minutes)
 
 
 async def crash(p: IngestPipeline) -> None:

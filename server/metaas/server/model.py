@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass, field
 
@@ -41,18 +42,44 @@ def decode_labels(text: str) -> Labels:
     return tuple(sorted(decoded.items()))
 
 
+class Resolution(enum.IntEnum):
+    """Length of the time bucket a partial aggregates, in milliseconds.
+
+    Every sample lands in its minute's partial and in its hour's partial (the
+    hourly rollup), so a long range reads one partial per series-hour instead
+    of sixty. Both are written by the same flush, with the same epoch rules.
+    """
+
+    MINUTE = 60_000
+    HOUR = 3_600_000
+
+    def floor(self, time_ms: int) -> int:
+        """Start of the bucket holding ``time_ms``."""
+        return time_ms - time_ms % self
+
+    def ceil(self, time_ms: int) -> int:
+        """The first bucket start at or after ``time_ms``."""
+        return -(-time_ms // self) * self
+
+
 @dataclass(frozen=True, slots=True)
 class PartialKey:
-    """Storage key of one writer's aggregate for one series and minute."""
+    """Storage key of one writer's aggregate for one series and bucket.
+
+    ``minute_ms`` is the bucket's first minute: any minute for
+    :attr:`Resolution.MINUTE`, an hour's start for :attr:`Resolution.HOUR`.
+    """
 
     series: SeriesKey
     minute_ms: int
     writer: str
+    resolution: Resolution = Resolution.MINUTE
 
 
 @dataclass(frozen=True, slots=True)
 class Partial:
-    """One writer's aggregate of one series over one minute.
+    """One writer's aggregate of one series over one minute (or, for an
+    hourly rollup, one hour: see :class:`Resolution`).
 
     ``epoch`` is the writer's flush epoch that last produced this row: the row
     holds every sample of that writer's write-ahead-log segments up to and
@@ -65,7 +92,8 @@ class Partial:
     writer: str
     epoch: int
     distribution: Distribution = field(compare=False)
+    resolution: Resolution = Resolution.MINUTE
 
     @property
     def key(self) -> PartialKey:
-        return PartialKey(self.series, self.minute_ms, self.writer)
+        return PartialKey(self.series, self.minute_ms, self.writer, self.resolution)

@@ -1,20 +1,26 @@
-"""In-memory per-minute aggregates of this server's writes, until flushed.
+"""In-memory per-minute and per-hour aggregates of this server's writes,
+until flushed. Each sample lands in its minute's state and in its hour's
+state (the hourly rollup, see :class:`metaas.server.model.Resolution`).
 
 A *complete* state holds everything this writer generation ever received for
-its (series, minute), so the flusher can overwrite the stored row with it. Once
-a minute has been flushed and left memory, a late sample for it starts an
+its (series, bucket), so the flusher can overwrite the stored row with it. Once
+a bucket has been flushed and left memory, a late sample for it starts an
 *incomplete* state: a delta the flusher must merge into the stored row.
+Minutes stay in memory for the hot window after they end, hours likewise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from metaas.server.ingest.records import SeriesBatch
-from metaas.server.model import SeriesKey
+from metaas.server.model import Resolution, SeriesKey
 from metaas.server.sketch import Distribution, from_samples_by_minute
-from metaas.server.sketch.distribution import MINUTE_MS
+
+_MINUTE: Final = Resolution.MINUTE
+_HOUR: Final = Resolution.HOUR
 
 
 @dataclass(slots=True)
@@ -26,36 +32,49 @@ class _State:
 
 @dataclass(frozen=True, slots=True)
 class PendingPartial:
-    """A flush's view of one (series, minute): the whole aggregate when
+    """A flush's view of one (series, bucket): the whole aggregate when
     ``complete``, else a delta to merge into what storage holds."""
 
     series: SeriesKey
     minute_ms: int
     distribution: Distribution
     complete: bool
+    resolution: Resolution = Resolution.MINUTE
 
 
 class Aggregator:
     def __init__(self, *, hot_minutes: int, all_incomplete: bool = False) -> None:
-        self._hot_ms = hot_minutes * MINUTE_MS
-        self._states: dict[tuple[SeriesKey, int], _State] = {}
-        # Every minute that ever left memory is <= this, so a new state at or
-        # below it may have a stored row already.
-        self._evicted_through = 2**62 if all_incomplete else -(2**62)
+        self._hot_ms = hot_minutes * _MINUTE
+        self._states: dict[tuple[SeriesKey, Resolution, int], _State] = {}
+        # Every bucket that ever left memory starts at or before this (per
+        # resolution), so a new state there may have a stored row already.
+        start = 2**62 if all_incomplete else -(2**62)
+        self._evicted_through = {_MINUTE: start, _HOUR: start}
 
     def __len__(self) -> int:
         return len(self._states)
 
     def apply(self, batches: Iterable[SeriesBatch]) -> None:
+        states = self._states
         for batch in batches:
+            series = batch.series
             for minute, distribution in from_samples_by_minute(batch.times_ms, batch.values):
-                key = (batch.series, minute)
-                state = self._states.get(key)
+                hour = minute - minute % _HOUR
+                hourly = states.get((series, _HOUR, hour))
+                if hourly is None:
+                    states[(series, _HOUR, hour)] = self._new(_HOUR, hour, distribution.copy())
+                else:
+                    hourly.distribution.merge(distribution)
+                    hourly.dirty = True
+                state = states.get((series, _MINUTE, minute))
                 if state is None:
-                    self._states[key] = _State(distribution, minute > self._evicted_through)
+                    states[(series, _MINUTE, minute)] = self._new(_MINUTE, minute, distribution)
                 else:
                     state.distribution.merge(distribution)
                     state.dirty = True
+
+    def _new(self, resolution: Resolution, start: int, distribution: Distribution) -> _State:
+        return _State(distribution, start > self._evicted_through[resolution])
 
     def take_dirty(self) -> list[PendingPartial]:
         """Everything changed since the last call. Complete states are copied
@@ -65,20 +84,27 @@ class Aggregator:
         for key, state in list(self._states.items()):
             if not state.dirty:
                 continue
+            series, resolution, start = key
             if state.complete:
                 state.dirty = False
-                pending.append(PendingPartial(key[0], key[1], state.distribution.copy(), True))
+                distribution = state.distribution.copy()
             else:
                 del self._states[key]
-                self._evicted_through = max(self._evicted_through, key[1])
-                pending.append(PendingPartial(key[0], key[1], state.distribution, False))
+                self._left(resolution, start)
+                distribution = state.distribution
+            pending.append(PendingPartial(series, start, distribution, state.complete, resolution))
         return pending
 
     def evict(self, now_ms: int) -> int:
-        """Drop flushed states of minutes older than the hot window."""
+        """Drop flushed states whose last minute is older than the hot window."""
         horizon = now_ms - self._hot_ms
-        stale = [k for k, s in self._states.items() if not s.dirty and k[1] < horizon]
+        stale = [
+            k for k, s in self._states.items() if not s.dirty and k[2] + k[1] - _MINUTE < horizon
+        ]
         for key in stale:
             del self._states[key]
-            self._evicted_through = max(self._evicted_through, key[1])
+            self._left(key[1], key[2])
         return len(stale)
+
+    def _left(self, resolution: Resolution, start: int) -> None:
+        self._evicted_through[resolution] = max(self._evicted_through[resolution], start)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from metaas.server.migration.stages import Role
-from metaas.server.model import Partial, PartialKey
+from metaas.server.model import Partial, PartialKey, Resolution
 from metaas.server.storage.base import Storage
 
 MAX_SAMPLES = 10
@@ -42,7 +42,8 @@ async def verify_range(
 ) -> AsyncIterator[VerifyProgress]:
     """Yield progress after each metric; the last one has ``done``.
 
-    Partials are compared by key (series, minute, writer) and content. Where
+    Partials are compared by key (series, minute, writer) and content, and so
+    are the hourly rollups of every hour the range touches. Where
     the other side lacks a partial or holds a different one, repair writes the
     authoritative one over it (an idempotent upsert). Partials only the other
     side has are reported, not deleted.
@@ -59,9 +60,13 @@ async def verify_range(
     names = sorted({s.metric for s in series})
     progress.series_total = len(series)
     yield progress
+    first_hour = Resolution.HOUR.floor(start_ms)
     for metric in names:
-        ours = _by_key(await main.read_partials(app, metric, start_ms, end_ms))
-        theirs = _by_key(await second.read_partials(app, metric, start_ms, end_ms))
+        ours: dict[PartialKey, Partial] = {}
+        theirs: dict[PartialKey, Partial] = {}
+        for resolution, first in ((Resolution.MINUTE, start_ms), (Resolution.HOUR, first_hour)):
+            ours |= _by_key(await main.read_partials(app, metric, first, end_ms, resolution))
+            theirs |= _by_key(await second.read_partials(app, metric, first, end_ms, resolution))
         to_copy: list[Partial] = []
         for key in sorted(set(ours) | set(theirs), key=_order):
             progress.partials_compared += 1
@@ -94,11 +99,12 @@ def _by_key(partials: Sequence[Partial]) -> dict[PartialKey, Partial]:
     return {p.key: p for p in partials}
 
 
-def _order(key: PartialKey) -> tuple[int, str, str]:
-    return key.minute_ms, key.series.labels_key, key.writer
+def _order(key: PartialKey) -> tuple[int, int, str, str]:
+    return key.resolution, key.minute_ms, key.series.labels_key, key.writer
 
 
 def _describe(key: PartialKey) -> str:
     labels = ",".join(f"{k}={v}" for k, v in key.series.labels)
     minute = datetime.fromtimestamp(key.minute_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
-    return f"{{{labels}}} {key.series.metric} {minute} writer {key.writer}"
+    bucket = "hour from " if key.resolution is Resolution.HOUR else ""
+    return f"{{{labels}}} {key.series.metric} {bucket}{minute} writer {key.writer}"

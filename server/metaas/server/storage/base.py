@@ -10,22 +10,28 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from metaas.server.model import Partial, PartialKey, SeriesKey
+from metaas.server.model import Partial, PartialKey, Resolution, SeriesKey
 
 
 class PartialWriter(Protocol):
     async def write_partials(self, partials: Sequence[Partial]) -> None:
-        """Upsert each partial by its key. Idempotent: writing the same
-        partials again changes nothing. All are written when it returns."""
+        """Upsert each partial by its key (which includes its resolution).
+        Idempotent: writing the same partials again changes nothing. All are
+        written when it returns."""
         ...
 
 
 class PartialReader(Protocol):
     async def read_partials(
-        self, app: str, metric: str, start_ms: int, end_ms: int
+        self,
+        app: str,
+        metric: str,
+        start_ms: int,
+        end_ms: int,
+        resolution: Resolution = Resolution.MINUTE,
     ) -> Sequence[Partial]:
-        """Every partial of the metric with ``start_ms <= minute < end_ms``,
-        from every writer, in any order."""
+        """Every partial of the metric at ``resolution`` whose bucket starts
+        in ``[start_ms, end_ms)``, from every writer, in any order."""
         ...
 
     async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:
@@ -35,7 +41,8 @@ class PartialReader(Protocol):
     async def list_series(
         self, app: str, start_ms: int, end_ms: int, metric: str | None = None
     ) -> Sequence[SeriesKey]:
-        """Distinct series of the app with data in ``[start_ms, end_ms)``."""
+        """Distinct series of the app with data in a minute of
+        ``[start_ms, end_ms)``."""
         ...
 
 

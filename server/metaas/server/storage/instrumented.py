@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from metaas.server.model import Partial, PartialKey, SeriesKey
+from metaas.server.model import Partial, PartialKey, Resolution, SeriesKey
 from metaas.server.storage.base import Storage
 from metaas.server.storage.errors import StorageError
 from metaas.server.telemetry import Telemetry
@@ -56,10 +56,15 @@ class InstrumentedStorage:
         await self._call("write_partials", self._inner.write_partials(partials), len(partials))
 
     async def read_partials(
-        self, app: str, metric: str, start_ms: int, end_ms: int
+        self,
+        app: str,
+        metric: str,
+        start_ms: int,
+        end_ms: int,
+        resolution: Resolution = Resolution.MINUTE,
     ) -> Sequence[Partial]:
         return await self._call(
-            "read_partials", self._inner.read_partials(app, metric, start_ms, end_ms)
+            "read_partials", self._inner.read_partials(app, metric, start_ms, end_ms, resolution)
         )
 
     async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:

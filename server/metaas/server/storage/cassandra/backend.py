@@ -12,7 +12,7 @@ from typing import Final
 
 from opentelemetry.trace import SpanKind
 
-from metaas.server.model import Partial, PartialKey, SeriesKey, decode_labels
+from metaas.server.model import Partial, PartialKey, Resolution, SeriesKey, decode_labels
 from metaas.server.sketch import Distribution
 from metaas.server.storage import codec
 from metaas.server.storage.cassandra import schema
@@ -37,6 +37,12 @@ _CQL: Final = {
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
         False,
     ),
+    "insert_hourly": (
+        "INSERT INTO {ks}.hourly "
+        "(app, metric, day, hour, labels, writer, epoch, distribution) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
+        False,
+    ),
     "insert_series": (
         "INSERT INTO {ks}.series_by_app (app, day, hour, metric, labels) "
         "VALUES (?, ?, ?, ?, ?) USING TTL ?",
@@ -55,6 +61,16 @@ _CQL: Final = {
     "select_one": (
         "SELECT epoch, distribution FROM {ks}.partials WHERE app = ? AND metric = ? "
         "AND hour = ? AND minute = ? AND labels = ? AND writer = ?",
+        True,
+    ),
+    "select_hourly_range": (
+        "SELECT hour, labels, writer, epoch, distribution FROM {ks}.hourly "
+        "WHERE app = ? AND metric = ? AND day = ? AND hour >= ? AND hour < ?",
+        True,
+    ),
+    "select_hourly_one": (
+        "SELECT epoch, distribution FROM {ks}.hourly WHERE app = ? AND metric = ? "
+        "AND day = ? AND hour = ? AND labels = ? AND writer = ?",
         True,
     ),
     "select_series": (
@@ -119,15 +135,34 @@ class CassandraStorage:
         if not partials:
             return
         now = self._clock.now_ms()
-        live = [p for p in partials if self._ttl_s(p.minute_ms, now) > 0]
+        live = [p for p in partials if self._ttl_s(_last_minute(p), now) > 0]
         encoded = await codec.encode_distributions([p.distribution for p in live], self._codec)
         insert_partial = self._statements["insert_partial"]
+        insert_hourly = self._statements["insert_hourly"]
         requests: list[tuple[Prepared, Sequence[object]]] = []
         new_series: dict[_SeriesHour, int] = {}
         for partial, item in zip(live, encoded, strict=True):
             series, minute = partial.series, partial.minute_ms
             hour = minute - minute % HOUR_MS
             labels = series.labels_key
+            if partial.resolution is Resolution.HOUR:
+                requests.append(
+                    (
+                        insert_hourly,
+                        (
+                            series.app,
+                            series.metric,
+                            hour - hour % DAY_MS,
+                            hour,
+                            labels,
+                            partial.writer,
+                            partial.epoch,
+                            item.data,
+                            self._ttl_s(_last_minute(partial), now),
+                        ),
+                    )
+                )
+                continue
             requests.append(
                 (
                     insert_partial,
@@ -165,15 +200,23 @@ class CassandraStorage:
     # -- reads ----------------------------------------------------------------
 
     async def read_partials(
-        self, app: str, metric: str, start_ms: int, end_ms: int
+        self,
+        app: str,
+        metric: str,
+        start_ms: int,
+        end_ms: int,
+        resolution: Resolution = Resolution.MINUTE,
     ) -> Sequence[Partial]:
         start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
         found: list[Partial] = []
         series_of: dict[str, SeriesKey] = {}
-        statement = self._statements["select_range"]
+        if resolution is Resolution.HOUR:
+            table, statement, size = schema.HOURLY, self._statements["select_hourly_range"], DAY_MS
+        else:
+            table, statement, size = schema.PARTIALS, self._statements["select_range"], HOUR_MS
 
-        async def read_hour(hour: int) -> None:
-            params = (app, metric, hour, max(start_ms, hour), min(end_ms, hour + HOUR_MS))
+        async def read_partition(first: int) -> None:
+            params = (app, metric, first, max(start_ms, first), min(end_ms, first + size))
 
             async def take(rows: list[Row]) -> None:
                 distributions = await _decode([row[4] for row in rows])
@@ -183,11 +226,11 @@ class CassandraStorage:
                     series = series_of.get(labels)
                     if series is None:
                         series = series_of[labels] = SeriesKey(app, metric, decode_labels(labels))
-                    found.append(Partial(series, minute, writer, epoch, dist))
+                    found.append(Partial(series, minute, writer, epoch, dist, resolution))
 
-            await self._scan(schema.PARTIALS, statement, params, take)
+            await self._scan(table, statement, params, take)
 
-        await _all(read_hour(hour) for hour in _buckets(start_ms, end_ms, HOUR_MS))
+        await _all(read_partition(first) for first in _buckets(start_ms, end_ms, size))
         return found
 
     async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:
@@ -195,14 +238,16 @@ class CassandraStorage:
         live = [key for key in keys if key.minute_ms >= cutoff]
         if not live:
             return {}
-        statement = self._statements["select_one"]
+        one_minute, one_hour = self._statements["select_one"], self._statements["select_hourly_one"]
         pages = await self._session.execute_many(
             (
-                statement,
+                one_hour if key.resolution is Resolution.HOUR else one_minute,
                 (
                     key.series.app,
                     key.series.metric,
-                    key.minute_ms - key.minute_ms % HOUR_MS,
+                    # The partition: the day of an hour, the hour of a minute.
+                    key.minute_ms
+                    - key.minute_ms % (DAY_MS if key.resolution is Resolution.HOUR else HOUR_MS),
                     key.minute_ms,
                     key.series.labels_key,
                     key.writer,
@@ -213,7 +258,7 @@ class CassandraStorage:
         hits = [(key, rows[0]) for key, rows in zip(live, pages, strict=True) if rows]
         distributions = await _decode([row[1] for _, row in hits])
         return {
-            key: Partial(key.series, key.minute_ms, key.writer, row[0], dist)
+            key: Partial(key.series, key.minute_ms, key.writer, row[0], dist, key.resolution)
             for (key, row), dist in zip(hits, distributions, strict=True)
         }
 
@@ -305,6 +350,11 @@ class CassandraStorage:
             pages = await self._session.for_each_page(statement, params, counted)
             span.set_attribute("metaas.cassandra.pages", pages)
             span.set_attribute("metaas.cassandra.rows", rows)
+
+
+def _last_minute(partial: Partial) -> int:
+    """The partial's last minute: its data expires a retention after it."""
+    return partial.minute_ms + partial.resolution - Resolution.MINUTE
 
 
 def _buckets(start_ms: int, end_ms: int, size_ms: int) -> range:

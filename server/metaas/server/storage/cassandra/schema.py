@@ -1,12 +1,17 @@
 """The Cassandra schema, owned by the code.
 
-Two tables, both time-bucketed so that no partition grows without bound, both
+Three tables, all time-bucketed so that no partition grows without bound, both
 compacted by time window and expiring with the retention:
 
 ``partials``: one writer's distribution per series and minute, partitioned by
 ``(app, metric, hour)``. A query for one metric over a range reads one
 partition per hour of the range (in parallel), each holding only that metric's
 series for that hour: ``series x writers x 60`` rows at most.
+
+``hourly``: the hourly rollups, one writer's distribution per series and
+hour, partitioned by ``(app, metric, day)``. A long range reads one partition
+per day instead of one per hour, and 24 rows per series-writer-day instead of
+1,440.
 
 ``series_by_app``: which series of an app had data in which hour, partitioned
 by ``(app, day)`` and written alongside the partials (once per series and hour
@@ -27,11 +32,13 @@ from metaas.server.storage.cassandra.config import CassandraConfig
 from metaas.server.storage.cassandra.session import CqlSession
 from metaas.server.storage.errors import Invalid
 
-SCHEMA_VERSION: Final = 1
+# 2: the table ``hourly``.
+SCHEMA_VERSION: Final = 2
 PARTIALS: Final = "partials"
+HOURLY: Final = "hourly"
 SERIES: Final = "series_by_app"
 VERSIONS: Final = "schema_version"
-_TABLES: Final = (PARTIALS, SERIES, VERSIONS)
+_TABLES: Final = (PARTIALS, HOURLY, SERIES, VERSIONS)
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 86_400_000
 # Cassandra refuses TTLs above 20 years.
@@ -84,6 +91,20 @@ def _create_statements(keyspace: str, ttl_s: int) -> dict[str, str]:
                 PRIMARY KEY ((app, metric, hour), minute, labels, writer)
             ) {options}
               AND comment = 'metaas: one writer''s distribution per series and minute'
+        """,
+        HOURLY: f"""
+            CREATE TABLE IF NOT EXISTS {keyspace}.{HOURLY} (
+                app text,
+                metric text,
+                day bigint,
+                hour bigint,
+                labels text,
+                writer text,
+                epoch bigint,
+                distribution blob,
+                PRIMARY KEY ((app, metric, day), hour, labels, writer)
+            ) {options}
+              AND comment = 'metaas: one writer''s distribution per series and hour'
         """,
         SERIES: f"""
             CREATE TABLE IF NOT EXISTS {keyspace}.{SERIES} (

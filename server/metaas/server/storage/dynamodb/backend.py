@@ -17,7 +17,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import NoRegionError
 
 from metaas.server.config import ConfigError
-from metaas.server.model import Partial, PartialKey, SeriesKey, decode_labels
+from metaas.server.model import Partial, PartialKey, Resolution, SeriesKey, decode_labels
 from metaas.server.storage import codec
 from metaas.server.storage.context import StorageContext
 from metaas.server.storage.dynamodb import convert, items, schema
@@ -132,15 +132,17 @@ class DynamoStorage:
             _check_writable(partial)
             series, minute = partial.series, partial.minute_ms
             day, hour = schema.day_of(minute), schema.hour_of(minute)
-            block = (
-                schema.block_pk(series.app, series.metric, day),
-                schema.block_sk(minute, partial.writer),
+            block = _block_key(
+                series.app, series.metric, minute, partial.writer, partial.resolution
             )
             blocks.setdefault(block, {})[series.labels_key] = (
                 partial.epoch,
                 partial.distribution.to_bytes(),
             )
-            expiry[block] = schema.expires_at_s(minute, self._retention_ms)
+            last_minute = minute + partial.resolution - schema.MINUTE_MS
+            expiry[block] = schema.expires_at_s(last_minute, self._retention_ms)
+            if partial.resolution is Resolution.HOUR:
+                continue  # the catalog lists series by minute
             catalog = (
                 schema.catalog_pk(series.app, day),
                 schema.catalog_sk(hour, series.metric, partial.writer),
@@ -232,23 +234,26 @@ class DynamoStorage:
         self._saved_units.add(units, attributes)
 
     async def read_partials(
-        self, app: str, metric: str, start_ms: int, end_ms: int
+        self,
+        app: str,
+        metric: str,
+        start_ms: int,
+        end_ms: int,
+        resolution: Resolution = Resolution.MINUTE,
     ) -> Sequence[Partial]:
         start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
         if start_ms >= end_ms or schema.SEP in app:
             return []
         calls = self._require()
         low, high = schema.sort_range(start_ms, end_ms - 1)
+        partition = schema.hourly_pk if resolution is Resolution.HOUR else schema.block_pk
         pages = await calls.gather(
-            [
-                calls.query(schema.block_pk(app, metric, day), low, high)
-                for day in _days(start_ms, end_ms)
-            ]
+            [calls.query(partition(app, metric, day), low, high) for day in _days(start_ms, end_ms)]
         )
         heads = {key_of(item): item for page in pages for item in page}
         stored = await self._load(heads)
         size = sum(len(data) for _, data in stored.values())
-        return await _cpu(size, convert.partials_of, app, metric, stored)
+        return await _cpu(size, convert.partials_of, app, metric, stored, resolution)
 
     async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:
         cutoff = self._clock.now_ms() - self._retention_ms
@@ -256,9 +261,8 @@ class DynamoStorage:
         for key in keys:
             if key.minute_ms < cutoff or not _addressable(key.series.app, key.writer):
                 continue
-            block = (
-                schema.block_pk(key.series.app, key.series.metric, schema.day_of(key.minute_ms)),
-                schema.block_sk(key.minute_ms, key.writer),
+            block = _block_key(
+                key.series.app, key.series.metric, key.minute_ms, key.writer, key.resolution
             )
             wanted.setdefault(block, []).append(key)
         if not wanted:
@@ -322,8 +326,14 @@ class DynamoStorage:
 def _check_writable(partial: Partial) -> None:
     if not _addressable(partial.series.app, partial.writer):
         raise Invalid(f"app and writer may not contain {schema.SEP!r}", backend=NAME)
-    if partial.minute_ms < 0 or partial.minute_ms % schema.MINUTE_MS:
-        raise Invalid(f"minute_ms {partial.minute_ms} is not a minute boundary", backend=NAME)
+    if partial.minute_ms < 0 or partial.minute_ms % partial.resolution:
+        unit = "an hour" if partial.resolution is Resolution.HOUR else "a minute"
+        raise Invalid(f"minute_ms {partial.minute_ms} is not {unit} boundary", backend=NAME)
+
+
+def _block_key(app: str, metric: str, start_ms: int, writer: str, resolution: Resolution) -> Key:
+    partition = schema.hourly_pk if resolution is Resolution.HOUR else schema.block_pk
+    return partition(app, metric, schema.day_of(start_ms)), schema.block_sk(start_ms, writer)
 
 
 def _addressable(app: str, writer: str) -> bool:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Final
 
 import zstandard
 
-from metaas.server.model import Partial, PartialKey, SeriesKey, decode_labels
+from metaas.server.model import Partial, PartialKey, Resolution, SeriesKey, decode_labels
 from metaas.server.sketch import Distribution
 from metaas.server.storage import codec
 from metaas.server.storage.dynamodb import items, schema
@@ -32,13 +32,20 @@ def decode(data: bytes) -> bytes:
         raise Invalid(f"undecodable stored item: {error}", backend=NAME) from error
 
 
-def partials_of(app: str, metric: str, stored: Stored) -> list[Partial]:
+def partials_of(
+    app: str, metric: str, stored: Stored, resolution: Resolution = Resolution.MINUTE
+) -> list[Partial]:
     partials = []
+    series_of: dict[str, SeriesKey] = {}
     for (_, sk), (_, data) in stored.items():
         minute, writer = schema.parse_block_sk(sk)
         for labels, (epoch, distribution) in block_entries(data).items():
-            series = SeriesKey(app, metric, decode_labels(labels))
-            partials.append(Partial(series, minute, writer, epoch, distribution_of(distribution)))
+            series = series_of.get(labels)
+            if series is None:
+                series = series_of[labels] = SeriesKey(app, metric, decode_labels(labels))
+            partials.append(
+                Partial(series, minute, writer, epoch, distribution_of(distribution), resolution)
+            )
     # The order SQLite returns, so merged float sums agree bit for bit.
     partials.sort(key=lambda p: (p.minute_ms, p.series.labels_key, p.writer))
     return partials
@@ -55,7 +62,12 @@ def pick(wanted: Mapping[Key, list[PartialKey]], stored: Stored) -> dict[Partial
             if entry is not None:
                 epoch, distribution = entry
                 found[key] = Partial(
-                    key.series, key.minute_ms, key.writer, epoch, distribution_of(distribution)
+                    key.series,
+                    key.minute_ms,
+                    key.writer,
+                    epoch,
+                    distribution_of(distribution),
+                    key.resolution,
                 )
     return found
 

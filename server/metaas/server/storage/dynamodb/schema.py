@@ -7,12 +7,14 @@ billing, TTL on the numeric attribute ``ttl``. Three kinds of item:
 kind      pk                                  sk
 ========  ==================================  ===============================
 block     ``b#<app>#<metric>#<day_ms>``       ``<minute_ms:013>#<writer>``
+hourly    ``h#<app>#<metric>#<day_ms>``       ``<hour_ms:013>#<writer>``
 catalog   ``s#<app>#<day_ms>``                ``<hour_ms:013>#<metric>#<writer>``
 chunk     ``c#<block pk>#<block sk>#<hash>``  ``<index:05>``
 ========  ==================================  ===============================
 
 A *block* holds one writer's partials of every series of a metric for one
-minute; a query reads one partition per day. A *catalog* lists, per writer,
+minute; a query reads one partition per day. An *hourly* block is the same
+for one hour (the rollup long ranges read). A *catalog* lists, per writer,
 metric and hour, each series with a bit per minute that has data, so
 ``list_series`` never reads distributions. *Chunks* hold an encoded item too
 large for one item; its head names them by content hash.
@@ -70,6 +72,10 @@ def block_pk(app: str, metric: str, day_ms: int) -> str:
 
 def block_sk(minute_ms: int, writer: str) -> str:
     return f"{minute_ms:013d}{SEP}{writer}"
+
+
+def hourly_pk(app: str, metric: str, day_ms: int) -> str:
+    return f"h{SEP}{app}{SEP}{metric}{SEP}{day_ms}"
 
 
 def catalog_pk(app: str, day_ms: int) -> str:

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, TypeVar
 
-from metaas.server.model import Partial, PartialKey, SeriesKey, decode_labels
+from metaas.server.model import Partial, PartialKey, Resolution, SeriesKey, decode_labels
 from metaas.server.sketch import Distribution
 from metaas.server.storage import codec
 from metaas.server.storage.context import StorageContext
@@ -58,7 +58,7 @@ class SqliteStorage:
         connection.execute(f"PRAGMA synchronous={self._config.synchronous}")
         connection.execute("PRAGMA busy_timeout=5000")
         if apply_schema:
-            schema.apply(connection)
+            schema.apply(connection, self._codec)
         return connection
 
     async def close(self) -> None:
@@ -75,18 +75,19 @@ class SqliteStorage:
         if not partials:
             return
         encoded = await codec.encode_distributions([p.distribution for p in partials], self._codec)
-        rows = [
-            (
-                p.series.app,
-                p.series.metric,
-                p.minute_ms,
-                p.series.labels_key,
-                p.writer,
-                p.epoch,
-                item.data,
+        rows: dict[str, list[tuple[object, ...]]] = {}
+        for p, item in zip(partials, encoded, strict=True):
+            rows.setdefault(schema.TABLES[p.resolution], []).append(
+                (
+                    p.series.app,
+                    p.series.metric,
+                    p.minute_ms,
+                    p.series.labels_key,
+                    p.writer,
+                    p.epoch,
+                    item.data,
+                )
             )
-            for p, item in zip(partials, encoded, strict=True)
-        ]
         now = self._clock.now_ms()
         purge_before = None
         if now - self._last_purge_ms >= _PURGE_EVERY_MS:
@@ -94,36 +95,56 @@ class SqliteStorage:
             purge_before = now - self._retention_ms
         await self._run(self._writer_thread, self._write_sync, rows, purge_before)
 
-    def _write_sync(self, rows: list[tuple[object, ...]], purge_before: int | None) -> None:
+    def _write_sync(
+        self, rows: Mapping[str, list[tuple[object, ...]]], purge_before: int | None
+    ) -> None:
         connection = _require(self._writer)
         with connection:
-            connection.executemany(
-                "INSERT OR REPLACE INTO partials "
-                "(app, metric, minute, labels, writer, epoch, distribution) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            for table, table_rows in rows.items():
+                connection.executemany(
+                    f"INSERT OR REPLACE INTO {table} "  # noqa: S608 - table names are constants
+                    "(app, metric, minute, labels, writer, epoch, distribution) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    table_rows,
+                )
             if purge_before is not None:
-                connection.execute("DELETE FROM partials WHERE minute < ?", (purge_before,))
+                for resolution, table in schema.TABLES.items():
+                    # A bucket leaves when its last minute does.
+                    last_minute = resolution - Resolution.MINUTE
+                    statement = f"DELETE FROM {table} WHERE minute < ?"  # noqa: S608 - constant names
+                    connection.execute(statement, (purge_before - last_minute,))
 
     async def read_partials(
-        self, app: str, metric: str, start_ms: int, end_ms: int
+        self,
+        app: str,
+        metric: str,
+        start_ms: int,
+        end_ms: int,
+        resolution: Resolution = Resolution.MINUTE,
     ) -> Sequence[Partial]:
         start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
         rows = await self._run(
-            self._reader_thread, self._select_range, app, metric, start_ms, end_ms
+            self._reader_thread, self._select_range, app, metric, start_ms, end_ms, resolution
         )
         distributions = await _decode([row[4] for row in rows])
         return [
-            Partial(SeriesKey(app, metric, decode_labels(labels)), minute, writer, epoch, dist)
+            Partial(
+                SeriesKey(app, metric, decode_labels(labels)),
+                minute,
+                writer,
+                epoch,
+                dist,
+                resolution,
+            )
             for (minute, labels, writer, epoch, _), dist in zip(rows, distributions, strict=True)
         ]
 
     def _select_range(
-        self, app: str, metric: str, start_ms: int, end_ms: int
+        self, app: str, metric: str, start_ms: int, end_ms: int, resolution: Resolution
     ) -> list[tuple[int, str, str, int, bytes]]:
         cursor = _require(self._reader).execute(
-            "SELECT minute, labels, writer, epoch, distribution FROM partials "
+            "SELECT minute, labels, writer, epoch, distribution "  # noqa: S608 - table names are constants
+            f"FROM {schema.TABLES[resolution]} "
             "WHERE app = ? AND metric = ? AND minute >= ? AND minute < ?",
             (app, metric, start_ms, end_ms),
         )
@@ -137,7 +158,7 @@ class SqliteStorage:
         live = [(k, epoch, blob) for k, (epoch, blob) in found.items() if k.minute_ms >= cutoff]
         distributions = await _decode([blob for _, _, blob in live])
         return {
-            key: Partial(key.series, key.minute_ms, key.writer, epoch, dist)
+            key: Partial(key.series, key.minute_ms, key.writer, epoch, dist, key.resolution)
             for (key, epoch, _), dist in zip(live, distributions, strict=True)
         }
 
@@ -146,8 +167,8 @@ class SqliteStorage:
         found: dict[PartialKey, tuple[int, bytes]] = {}
         for key in keys:
             row = connection.execute(
-                "SELECT epoch, distribution FROM partials WHERE app = ? AND metric = ? "
-                "AND minute = ? AND labels = ? AND writer = ?",
+                f"SELECT epoch, distribution FROM {schema.TABLES[key.resolution]} "  # noqa: S608 - table names are constants
+                "WHERE app = ? AND metric = ? AND minute = ? AND labels = ? AND writer = ?",
                 (
                     key.series.app,
                     key.series.metric,

@@ -5,36 +5,84 @@ from __future__ import annotations
 import sqlite3
 from typing import Final
 
-SCHEMA_VERSION: Final = 1
+from metaas.server.config import CodecConfig
+from metaas.server.model import Resolution
+from metaas.server.sketch import Distribution
+from metaas.server.storage import codec
+
+# 2: hourly rollups (the table ``hourly``).
+SCHEMA_VERSION: Final = 2
+# The table of each resolution; both have the same columns, and ``minute`` is
+# the bucket's first minute.
+TABLES: Final = {Resolution.MINUTE: "partials", Resolution.HOUR: "hourly"}
+
+
+def _table(name: str) -> tuple[str, ...]:
+    return (
+        f"""
+        CREATE TABLE IF NOT EXISTS {name} (
+            app TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            minute INTEGER NOT NULL,
+            labels TEXT NOT NULL,
+            writer TEXT NOT NULL,
+            epoch INTEGER NOT NULL,
+            distribution BLOB NOT NULL,
+            PRIMARY KEY (app, metric, minute, labels, writer)
+        ) WITHOUT ROWID
+        """,
+        f"CREATE INDEX IF NOT EXISTS {name}_by_minute ON {name} (minute)",
+    )
+
 
 _STATEMENTS: Final = (
-    """
-    CREATE TABLE IF NOT EXISTS partials (
-        app TEXT NOT NULL,
-        metric TEXT NOT NULL,
-        minute INTEGER NOT NULL,
-        labels TEXT NOT NULL,
-        writer TEXT NOT NULL,
-        epoch INTEGER NOT NULL,
-        distribution BLOB NOT NULL,
-        PRIMARY KEY (app, metric, minute, labels, writer)
-    ) WITHOUT ROWID
-    """,
-    "CREATE INDEX IF NOT EXISTS partials_by_minute ON partials (minute)",
+    *(statement for name in TABLES.values() for statement in _table(name)),
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
 )
 
 
-def apply(connection: sqlite3.Connection) -> None:
-    """Create the tables if missing; refuse a database from a newer release."""
+def apply(connection: sqlite3.Connection, codec_config: CodecConfig | None = None) -> None:
+    """Create the tables if missing, bring an older database to this
+    release's version, and refuse one from a newer release."""
     with connection:
         for statement in _STATEMENTS:
             connection.execute(statement)
         row = connection.execute("SELECT max(version) FROM schema_version").fetchone()
         found = row[0] if row else None
-        if found is None:
-            connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-        elif found > SCHEMA_VERSION:
+        if found is not None and found > SCHEMA_VERSION:
             raise RuntimeError(
                 f"database schema version {found} is newer than this release ({SCHEMA_VERSION})"
             )
+        if found == 1:
+            _build_hourly(connection, codec_config or CodecConfig())
+        if found != SCHEMA_VERSION:
+            connection.execute("DELETE FROM schema_version")
+            connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+
+
+def _build_hourly(connection: sqlite3.Connection, codec_config: CodecConfig) -> None:
+    """Version 1 to 2: derive each writer's hourly rollups from its stored
+    minutes (the epoch of a rollup is the newest of its minutes)."""
+    hour_ms = int(Resolution.HOUR)
+    rollups: dict[tuple[str, str, int, str, str], tuple[int, Distribution]] = {}
+    cursor = connection.execute(
+        "SELECT app, metric, minute, labels, writer, epoch, distribution FROM partials "
+        "ORDER BY app, metric, minute, labels, writer"
+    )
+    for app, metric, minute, labels, writer, epoch, blob in cursor:
+        key = (app, metric, minute - minute % hour_ms, labels, writer)
+        distribution = codec.decode_distribution(blob)
+        found = rollups.get(key)
+        if found is None:
+            rollups[key] = (epoch, distribution)
+        else:
+            found[1].merge(distribution)
+            rollups[key] = (max(found[0], epoch), found[1])
+    connection.executemany(
+        "INSERT OR REPLACE INTO hourly "
+        "(app, metric, minute, labels, writer, epoch, distribution) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (*key, epoch, codec.encode_distribution(distribution, codec_config).data)
+            for key, (epoch, distribution) in rollups.items()
+        ],
+    )
