@@ -93,12 +93,14 @@ def seven_days(
 ) -> Written:
     """``series`` series with ``per_minute`` samples in every minute of the
     last 7 days (one request: 302,400 samples by default), and the query over
-    them at a 2-hour step: the dashboard's longest view."""
+    them at a 2-hour step: the dashboard's longest view. Like a dashboard, the
+    query starts on a multiple of its step."""
     rng = np.random.default_rng(seed)
     step = 2 * HOUR_MS
     end = now_ms - now_ms % MINUTE_MS + MINUTE_MS
-    start = end - 7 * DAY_MS
-    minutes = np.repeat(np.arange(start, end, MINUTE_MS), per_minute)
+    first = end - 7 * DAY_MS
+    start = first - first % step
+    minutes = np.repeat(np.arange(first, end, MINUTE_MS), per_minute)
     request = ingest_pb2.WriteRequest()
     total = 0
     for dyno in range(series):
@@ -115,7 +117,7 @@ def seven_days(
         "step_ms": step,
         "stats": STATS,
     }
-    return Written([request], total, query, (end - start) // step)
+    return Written([request], total, query, -(-(end - start) // step))
 
 
 def many_series(

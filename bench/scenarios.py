@@ -170,7 +170,7 @@ def long_range(settings: Settings, server: Child, backend: str) -> dict[str, Any
     result: dict[str, Any] = {
         "samples": written.samples,
         "series": 10,
-        "minutes_scanned": 7 * 24 * 60 * 10,
+        "minutes_covered": 7 * 24 * 60 * 10,
         "points": points,
         "write_s": round(written_s, 2),
         "visible_after_s": round(visible_s, 2),

@@ -122,3 +122,35 @@ def test_quantiles_of_many_equal_each_distribution(
     together = quantiles_of_many(distributions, fractions)
     for row, distribution in zip(together.tolist(), distributions, strict=True):
         assert row == pytest.approx(distribution.quantiles(fractions), rel=1e-12, abs=1e-300)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        hnp.arrays(np.float64, st.integers(1, 300), elements=st.floats(1e-3, 1e9)),
+        min_size=1,
+        max_size=12,
+    ),
+    st.lists(st.floats(0.0, 1.0), min_size=1, max_size=6),
+)
+def test_quantiles_of_many_positive_values_take_the_one_pass_path(
+    parts: list[np.ndarray], fractions: list[float]
+) -> None:
+    from metaas.server.sketch.distribution import quantiles_of_many
+
+    distributions = [Distribution.from_values(p) for p in parts]
+    together = quantiles_of_many(distributions, fractions)
+    for row, distribution in zip(together.tolist(), distributions, strict=True):
+        assert row == pytest.approx(distribution.quantiles(fractions), rel=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(hnp.arrays(np.float64, st.integers(1, 200), elements=finite), max_size=8))
+def test_merged_equals_merging_one_by_one(parts: list[np.ndarray]) -> None:
+    distributions = [Distribution.from_values(p) for p in parts]
+    one_by_one = Distribution()
+    for distribution in distributions:
+        one_by_one.merge(distribution)
+    before = [d.to_bytes() for d in distributions]
+    assert Distribution.merged(distributions).to_bytes() == one_by_one.to_bytes()
+    assert [d.to_bytes() for d in distributions] == before  # inputs untouched

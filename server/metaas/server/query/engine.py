@@ -60,19 +60,26 @@ class QueryEngine:
             )
         )
         partials: list[Partial] = [p for read in reads for p in read]
-        buckets: dict[Labels, dict[int, Distribution]] = defaultdict(dict)
+        # Each series' group (None: filtered out), worked out once per series.
+        groups: dict[SeriesKey, Labels | None] = {}
+        members: dict[Labels, dict[int, list[Distribution]]] = defaultdict(dict)
+        first, step = query.start_ms, query.step_ms
         for partial in partials:
-            if not _matches(partial.series, query.matchers):
-                continue
-            group = _group_labels(partial.series, query.group_by)
-            offset = (partial.minute_ms - query.start_ms) // query.step_ms
-            bucket_start = query.start_ms + offset * query.step_ms
-            merged = buckets[group].get(bucket_start)
-            if merged is None:
-                buckets[group][bucket_start] = partial.distribution.copy()
+            series = partial.series
+            if series in groups:
+                group = groups[series]
             else:
-                merged.merge(partial.distribution)
-        return [_result(group, by_time, query.stats) for group, by_time in sorted(buckets.items())]
+                matched = _matches(series, query.matchers)
+                group = groups[series] = _group_labels(series, query.group_by) if matched else None
+            if group is None:
+                continue
+            bucket = first + (partial.minute_ms - first) // step * step
+            by_time = members[group]
+            if bucket in by_time:
+                by_time[bucket].append(partial.distribution)
+            else:
+                by_time[bucket] = [partial.distribution]
+        return [_result(group, by_time, query.stats) for group, by_time in sorted(members.items())]
 
 
 def plan_reads(query: RangeQuery, start_ms: int) -> list[tuple[int, int, Resolution]]:
@@ -94,6 +101,11 @@ def plan_reads(query: RangeQuery, start_ms: int) -> list[tuple[int, int, Resolut
     return reads
 
 
+def _merged(distributions: list[Distribution]) -> Distribution:
+    # A bucket of one is used as is: nothing here changes a distribution.
+    return distributions[0] if len(distributions) == 1 else Distribution.merged(distributions)
+
+
 def _matches(series: SeriesKey, matchers: Labels) -> bool:
     labels = series.label_map
     return all(labels.get(name) == value for name, value in matchers)
@@ -105,8 +117,8 @@ def _group_labels(series: SeriesKey, group_by: Sequence[str]) -> Labels:
 
 
 def _result(
-    group: Labels, by_time: dict[int, Distribution], stats: tuple[Stat, ...]
+    group: Labels, by_time: dict[int, list[Distribution]], stats: tuple[Stat, ...]
 ) -> ResultGroup:
     times = sorted(by_time)
-    columns = evaluate_many(stats, [by_time[t] for t in times])
+    columns = evaluate_many(stats, [_merged(by_time[t]) for t in times])
     return ResultGroup(group, tuple(times), tuple(columns))

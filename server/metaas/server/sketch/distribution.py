@@ -52,6 +52,23 @@ class Distribution:
         self.max = max(self.max, other.max)
         self.sketch.merge(other.sketch)
 
+    @classmethod
+    def merged(cls, distributions: list[Distribution]) -> Distribution:
+        """A new distribution equal to merging ``distributions`` in order
+        into an empty one (the sum is added in that order too)."""
+        if not distributions:
+            return cls()
+        total = distributions[0].sum
+        for distribution in distributions[1:]:
+            total += distribution.sum
+        return cls(
+            sum(d.count for d in distributions),
+            total,
+            min((d.min for d in distributions), default=math.inf),
+            max((d.max for d in distributions), default=-math.inf),
+            Sketch.merged([d.sketch for d in distributions]),
+        )
+
     def copy(self) -> Distribution:
         return Distribution(self.count, self.sum, self.min, self.max, self.sketch.copy())
 
@@ -75,11 +92,12 @@ class Distribution:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Distribution:
-        version, count, total, minimum, maximum = _HEADER.unpack_from(data, 0)
+    def from_bytes(cls, data: bytes, offset: int = 0) -> Distribution:
+        """The distribution encoded in ``data`` from ``offset`` to its end."""
+        version, count, total, minimum, maximum = _HEADER.unpack_from(data, offset)
         if version != _ENCODING_VERSION:
             raise ValueError(f"unknown distribution encoding version {version}")
-        return cls(count, total, minimum, maximum, Sketch.from_bytes(data[_HEADER.size :]))
+        return cls(count, total, minimum, maximum, Sketch.from_bytes(data, offset + _HEADER.size))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Distribution):

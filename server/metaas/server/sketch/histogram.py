@@ -30,6 +30,8 @@ _MIN_MAGNITUDE: Final = float(np.finfo(np.float64).tiny)
 # together so hostile input cannot make a sketch grow without bound.
 MAX_BUCKETS: Final = 128 << SCALE
 _ENCODING_VERSION: Final = 1
+_HEADER: Final = struct.Struct("<BQ")  # version, zero count
+_STORE: Final = struct.Struct("<iIB")  # offset, length, bytes per count
 
 Int64Array = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -58,7 +60,8 @@ class _Store:
 
     def __init__(self, offset: int = 0, counts: Int64Array | None = None) -> None:
         self.offset = offset
-        self.counts: Int64Array = counts if counts is not None else np.zeros(0, np.int64)
+        # The shared empty array is never written: every change replaces it.
+        self.counts: Int64Array = counts if counts is not None else _EMPTY
 
     @property
     def total(self) -> int:
@@ -76,6 +79,22 @@ class _Store:
     def merge(self, other: _Store) -> None:
         if other.counts.size:
             self._add_dense(other.offset, other.counts)
+
+    @classmethod
+    def merged(cls, stores: list[_Store]) -> _Store:
+        """A new store holding the sum of ``stores``: one allocation."""
+        full = [s for s in stores if s.counts.size]
+        if not full:
+            return cls()
+        low = min(s.offset for s in full)
+        high = max(s.offset + s.counts.size for s in full)
+        counts = np.zeros(high - low, np.int64)
+        for store in full:
+            start = store.offset - low
+            counts[start : start + store.counts.size] += store.counts
+        result = cls(low, counts)
+        result._limit_width()
+        return result
 
     def _add_dense(self, offset: int, counts: Int64Array) -> None:
         if self.counts.size == 0:
@@ -143,6 +162,16 @@ class Sketch:
         self._negative.merge(other._negative)
         self.zero_count += other.zero_count
 
+    @classmethod
+    def merged(cls, sketches: list[Sketch]) -> Sketch:
+        """A new sketch equal to merging every one of ``sketches`` into an
+        empty one, with one allocation per store instead of one per merge."""
+        result = cls()
+        result._positive = _Store.merged([s._positive for s in sketches])
+        result._negative = _Store.merged([s._negative for s in sketches])
+        result.zero_count = sum(s.zero_count for s in sketches)
+        return result
+
     def copy(self) -> Sketch:
         twin = Sketch()
         twin._positive = self._positive.copy()
@@ -198,26 +227,32 @@ class Sketch:
     def to_bytes(self) -> bytes:
         """Compact encoding: version, zero count, then each store as offset,
         length, width of a count in bytes, and little-endian counts."""
-        parts = [struct.pack("<BQ", _ENCODING_VERSION, self.zero_count)]
+        parts = [_HEADER.pack(_ENCODING_VERSION, self.zero_count)]
         for store in (self._positive.trimmed(), self._negative.trimmed()):
             width = _count_width(store.counts)
-            parts.append(struct.pack("<iIB", store.offset, store.counts.size, width))
+            parts.append(_STORE.pack(store.offset, store.counts.size, width))
             parts.append(store.counts.astype(f"<u{width}").tobytes())
         return b"".join(parts)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Sketch:
-        version, zero_count = struct.unpack_from("<BQ", data, 0)
+    def from_bytes(cls, data: bytes, offset: int = 0) -> Sketch:
+        """The sketch encoded in ``data`` from ``offset`` to its end."""
+        version, zero_count = _HEADER.unpack_from(data, offset)
         if version != _ENCODING_VERSION:
             raise ValueError(f"unknown sketch encoding version {version}")
         sketch = cls()
         sketch.zero_count = zero_count
-        position = struct.calcsize("<BQ")
+        position = offset + _HEADER.size
         stores = []
         for _ in range(2):
-            offset, length, width = struct.unpack_from("<iIB", data, position)
-            position += struct.calcsize("<iIB")
-            raw = np.frombuffer(data, f"<u{width}", count=length, offset=position)
+            offset, length, width = _STORE.unpack_from(data, position)
+            position += _STORE.size
+            if length == 0:
+                stores.append(_Store(offset))
+                continue
+            if width not in _COUNT_TYPES:
+                raise ValueError(f"bad sketch count width {width}")
+            raw = np.frombuffer(data, _COUNT_TYPES[width], count=length, offset=position)
             position += length * width
             stores.append(_Store(offset, raw.astype(np.int64)))
         sketch._positive, sketch._negative = stores
@@ -231,6 +266,11 @@ class Sketch:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
 
+_EMPTY: Final[Int64Array] = np.zeros(0, np.int64)
+_EMPTY.flags.writeable = False
+_COUNT_TYPES: Final = {width: np.dtype(f"<u{width}") for width in (1, 2, 4, 8)}
+
+
 def _count_width(counts: Int64Array) -> int:
     peak = int(counts.max()) if counts.size else 0
     for width in (1, 2, 4):
@@ -239,14 +279,17 @@ def _count_width(counts: Int64Array) -> int:
     return 8
 
 
-# Above this many buckets in all, many sketches are answered one by one.
-_BATCH_CELLS: Final = 4_000_000
-
-
 def quantiles_of_many(sketches: list[Sketch], fractions: list[float]) -> FloatArray:
-    """``Sketch.quantiles`` of each sketch, as rows, computed in one numpy
-    pass for the common case (positive values only) and one by one otherwise.
-    Same results as calling each sketch's ``quantiles``."""
+    """``Sketch.quantiles`` of each sketch, as rows; the same results as
+    calling each sketch's ``quantiles``.
+
+    Sketches of positive values only (the common case) are answered in one
+    numpy pass: their counts side by side in one array, one running sum, and
+    one ``searchsorted`` for every rank of every sketch. Counts are never
+    negative, so the running sum over all of them is sorted, and a rank of
+    sketch ``r`` shifted by the counts of the sketches before it lands inside
+    sketch ``r``'s own buckets. The others are answered one by one.
+    """
     result = np.empty((len(sketches), len(fractions)))
     plain = [
         i
@@ -254,34 +297,30 @@ def quantiles_of_many(sketches: list[Sketch], fractions: list[float]) -> FloatAr
         if s._negative.counts.size == 0 and s.zero_count == 0 and s._positive.counts.size
     ]
     if plain and fractions:
-        low = min(sketches[i]._positive.offset for i in plain)
-        high = max(sketches[i]._positive.offset + sketches[i]._positive.counts.size for i in plain)
-        most = max(int(sketches[i]._positive.counts.sum()) for i in plain)
-        # Shifted ranks must stay exact in a float64 (below 2**52).
-        if len(plain) * (high - low) > _BATCH_CELLS or len(plain) * (most + 1) > 2**52:
-            plain = []
-        else:
-            counts = np.zeros((len(plain), high - low), np.int64)
-            for row, i in enumerate(plain):
-                store = sketches[i]._positive
-                start = store.offset - low
-                counts[row, start : start + store.counts.size] = store.counts
-            cumulative = np.cumsum(counts, axis=1)
-            totals = cumulative[:, -1:]
-            ranks = np.array(fractions, np.float64)[None, :] * (totals - 1)
-            lower = np.floor(ranks)
-            upper = np.minimum(lower + 1, totals - 1)
-            # One searchsorted for every row: shift each row's cumulative
-            # counts (and its ranks) past the previous row's.
-            width = high - low
-            shift = (np.arange(len(plain), dtype=np.int64) * (int(totals.max()) + 1))[:, None]
-            flat = (cumulative + shift).ravel()
-            base = (np.arange(len(plain), dtype=np.int64) * width)[:, None]
-            below_lower = np.searchsorted(flat, lower + shift, side="right") - base
-            below_upper = np.searchsorted(flat, upper + shift, side="right") - base
-            lows = _bucket_values(low + below_lower)
-            highs = _bucket_values(low + below_upper)
-            result[plain] = lows + (ranks - lower) * (highs - lows)
+        stores = [sketches[i]._positive for i in plain]
+        sizes = np.fromiter((s.counts.size for s in stores), np.int64, len(stores))
+        offsets = np.fromiter((s.offset for s in stores), np.int64, len(stores))
+        cumulative = np.cumsum(np.concatenate([s.counts for s in stores]))
+        ends = np.cumsum(sizes)
+        starts = ends - sizes
+        through = cumulative[ends - 1]
+        before = np.concatenate(([0], through[:-1]))  # counts of the sketches before
+        totals = (through - before)[:, None]
+        ranks = np.array(fractions, np.float64)[None, :] * (totals - 1)
+        lower = np.floor(ranks)
+        upper = np.minimum(lower + 1, totals - 1)
+        shift = before[:, None]
+        positions = np.searchsorted(
+            cumulative,
+            np.concatenate([lower.astype(np.int64) + shift, upper.astype(np.int64) + shift]),
+            side="right",
+        )
+        first = (offsets - starts)[:, None]
+        lows = _bucket_values(first + positions[: len(plain)])
+        highs = _bucket_values(first + positions[len(plain) :])
+        rows = lows + (ranks - lower) * (highs - lows)
+        rows[(totals == 0).ravel()] = math.nan
+        result[plain] = rows
     done = set(plain)
     for i, sketch in enumerate(sketches):
         if i not in done:

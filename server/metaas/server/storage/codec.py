@@ -83,6 +83,9 @@ def encode_distribution(distribution: Distribution, config: CodecConfig) -> Enco
 
 
 def decode_distribution(item: bytes) -> Distribution:
+    if len(item) > _HEADER.size and item[:3] == _PLAIN:
+        # Uncompressed (the usual case): parse in place, no copy.
+        return Distribution.from_bytes(item, _HEADER.size)
     return Distribution.from_bytes(decode(item))
 
 
@@ -105,3 +108,7 @@ async def decode_distributions(items: list[bytes]) -> list[Distribution]:
 
 def _header(codec: Codec) -> bytes:
     return _HEADER.pack(_MAGIC, _VERSION, codec, 0)
+
+
+# The first bytes of an uncompressed item: magic, version, codec.
+_PLAIN: Final = _header(Codec.NONE)[:3]

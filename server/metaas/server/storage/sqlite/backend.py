@@ -127,17 +127,14 @@ class SqliteStorage:
             self._reader_thread, self._select_range, app, metric, start_ms, end_ms, resolution
         )
         distributions = await _decode([row[4] for row in rows])
-        return [
-            Partial(
-                SeriesKey(app, metric, decode_labels(labels)),
-                minute,
-                writer,
-                epoch,
-                dist,
-                resolution,
-            )
-            for (minute, labels, writer, epoch, _), dist in zip(rows, distributions, strict=True)
-        ]
+        series_of: dict[str, SeriesKey] = {}
+        partials = []
+        for (minute, labels, writer, epoch, _), dist in zip(rows, distributions, strict=True):
+            series = series_of.get(labels)
+            if series is None:
+                series = series_of[labels] = SeriesKey(app, metric, decode_labels(labels))
+            partials.append(Partial(series, minute, writer, epoch, dist, resolution))
+        return partials
 
     def _select_range(
         self, app: str, metric: str, start_ms: int, end_ms: int, resolution: Resolution
