@@ -154,3 +154,37 @@ def test_merged_equals_merging_one_by_one(parts: list[np.ndarray]) -> None:
     before = [d.to_bytes() for d in distributions]
     assert Distribution.merged(distributions).to_bytes() == one_by_one.to_bytes()
     assert [d.to_bytes() for d in distributions] == before  # inputs untouched
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.integers(0, 3 * 3_600_000), st.one_of(finite, st.floats(1e-300, 1e300))),
+            min_size=1,
+            max_size=80,
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.sampled_from([60_000, 3_600_000]),
+)
+def test_by_bucket_equals_each_part_and_bucket_on_its_own(
+    parts: list[list[tuple[int, float]]], bucket_ms: int
+) -> None:
+    from metaas.server.sketch.distribution import by_bucket
+
+    times = [np.array([t for t, _ in part], np.int64) for part in parts]
+    values = [np.array([v for _, v in part], np.float64) for part in parts]
+    got = by_bucket(times, values, bucket_ms)
+    expected = []
+    for index, (t, v) in enumerate(zip(times, values, strict=True)):
+        buckets = t - t % bucket_ms
+        for bucket in sorted(set(buckets.tolist())):
+            chosen = v[buckets == bucket]
+            expected.append((index, bucket, Distribution.from_values(chosen)))
+    assert [(p, b) for p, b, _ in got] == [(p, b) for p, b, _ in expected]
+    for (_, _, mine), (_, _, theirs) in zip(got, expected, strict=True):
+        assert (mine.count, mine.min, mine.max) == (theirs.count, theirs.min, theirs.max)
+        assert mine.sketch == theirs.sketch
+        assert mine.sum == pytest.approx(theirs.sum, rel=1e-9, abs=1e-300)

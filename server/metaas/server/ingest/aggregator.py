@@ -17,7 +17,8 @@ from typing import Final
 
 from metaas.server.ingest.records import SeriesBatch
 from metaas.server.model import Resolution, SeriesKey
-from metaas.server.sketch import Distribution, from_samples_by_minute
+from metaas.server.sketch import Distribution
+from metaas.server.sketch.distribution import by_bucket
 
 _MINUTE: Final = Resolution.MINUTE
 _HOUR: Final = Resolution.HOUR
@@ -55,20 +56,20 @@ class Aggregator:
         return len(self._states)
 
     def apply(self, batches: Iterable[SeriesBatch]) -> None:
+        """Add a request's samples: each series' minutes, then its hours,
+        each built in one vectorised pass over the whole request."""
+        batches = list(batches)
+        if not batches:
+            return
+        times = [b.times_ms for b in batches]
+        values = [b.values for b in batches]
         states = self._states
-        for batch in batches:
-            series = batch.series
-            for minute, distribution in from_samples_by_minute(batch.times_ms, batch.values):
-                hour = minute - minute % _HOUR
-                hourly = states.get((series, _HOUR, hour))
-                if hourly is None:
-                    states[(series, _HOUR, hour)] = self._new(_HOUR, hour, distribution.copy())
-                else:
-                    hourly.distribution.merge(distribution)
-                    hourly.dirty = True
-                state = states.get((series, _MINUTE, minute))
+        for resolution in (_MINUTE, _HOUR):
+            for index, start, distribution in by_bucket(times, values, resolution):
+                key = (batches[index].series, resolution, start)
+                state = states.get(key)
                 if state is None:
-                    states[(series, _MINUTE, minute)] = self._new(_MINUTE, minute, distribution)
+                    states[key] = self._new(resolution, start, distribution)
                 else:
                     state.distribution.merge(distribution)
                     state.dirty = True

@@ -113,31 +113,55 @@ class Distribution:
 def from_samples_by_minute(
     times_ms: Int64Array, values: FloatArray
 ) -> list[tuple[int, Distribution]]:
-    """One distribution per minute touched by the samples, ascending by minute.
-
-    Work is vectorized over samples; Python only loops over distinct minutes.
-    """
-    minutes = times_ms - np.mod(times_ms, MINUTE_MS)
-    if minutes.size > 1 and not bool(np.all(minutes[1:] >= minutes[:-1])):
-        order = np.argsort(minutes, kind="stable")
-        minutes, values = minutes[order], values[order]
-    starts = np.flatnonzero(np.concatenate(([True], minutes[1:] != minutes[:-1])))
-    ends = np.append(starts[1:], minutes.size)
-    sums = np.add.reduceat(values, starts)
-    mins = np.minimum.reduceat(values, starts)
-    maxs = np.maximum.reduceat(values, starts)
+    """One distribution per minute touched by the samples, ascending by minute."""
     return [
-        (
-            int(minutes[start]),
-            Distribution(
-                end - start,
-                float(sums[i]),
-                float(mins[i]),
-                float(maxs[i]),
-                Sketch.from_values(values[start:end]),
-            ),
+        (start, distribution)
+        for _, start, distribution in by_bucket([times_ms], [values], MINUTE_MS)
+    ]
+
+
+def by_bucket(
+    times_ms: list[Int64Array], values: list[FloatArray], bucket_ms: int
+) -> list[tuple[int, int, Distribution]]:
+    """``(part, bucket start, distribution)`` for each time bucket of
+    ``bucket_ms`` touched by each part's samples (``times_ms[part]`` and
+    ``values[part]``), ordered by part, then bucket.
+
+    The numpy work runs once over all parts' samples (a request's series
+    together); Python only loops over the (part, bucket) groups.
+    """
+    sizes = [t.size for t in times_ms]
+    times = np.concatenate(times_ms) if len(times_ms) != 1 else times_ms[0]
+    samples = np.concatenate(values) if len(values) != 1 else values[0]
+    if times.size == 0:
+        return []
+    parts = np.repeat(np.arange(len(sizes)), sizes)
+    buckets = times - np.mod(times, bucket_ms)
+    if buckets.size > 1:
+        # Sorted by part already; within a part, by time unless told otherwise.
+        same_part = parts[1:] == parts[:-1]
+        if not bool(np.all(~same_part | (buckets[1:] >= buckets[:-1]))):
+            order = np.lexsort((buckets, parts))
+            buckets, samples, parts = buckets[order], samples[order], parts[order]
+    changes = (parts[1:] != parts[:-1]) | (buckets[1:] != buckets[:-1])
+    starts = np.flatnonzero(np.concatenate(([True], changes)))
+    ends = np.append(starts[1:], buckets.size)
+    sums = np.add.reduceat(samples, starts).tolist()
+    mins = np.minimum.reduceat(samples, starts).tolist()
+    maxs = np.maximum.reduceat(samples, starts).tolist()
+    sketches = histogram.sketches_of_groups(samples, starts)
+    return [
+        (part, bucket, Distribution(count, total, low, high, sketch))
+        for part, bucket, count, total, low, high, sketch in zip(
+            parts[starts].tolist(),
+            buckets[starts].tolist(),
+            (ends - starts).tolist(),
+            sums,
+            mins,
+            maxs,
+            sketches,
+            strict=True,
         )
-        for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True))
     ]
 
 
