@@ -45,23 +45,39 @@ class Violations:
             raise RequestError(code, f"{field}: {description}{more}", self.items)
 
 
-def _check_name(v: Violations, field: str, value: str, limits: LimitsConfig) -> None:
+def _check_name(v: Violations, field: str, value: str, limits: LimitsConfig) -> bool:
+    """Add the violation of a name, if any; True when the name is valid."""
     if not value:
         v.add(field, "is required")
     elif len(value) > limits.max_name_length:
         v.add(field, f"is {len(value)} characters; at most {limits.max_name_length}")
     elif not _NAME.match(value):
         v.add(field, "must start with a letter or digit and use only letters, digits and _ . : / -")
+    else:
+        return True
+    return False
 
 
 def _check_labels(
-    v: Violations, field: str, labels: Iterable[tuple[str, str]], limits: LimitsConfig
+    v: Violations,
+    field: str,
+    labels: Iterable[tuple[str, str]],
+    limits: LimitsConfig,
+    valid: set[tuple[str, str]] | None = None,
 ) -> None:
+    """Add the labels' violations. Pairs in ``valid`` were checked before
+    and are skipped; pairs found valid are added to it."""
     items = list(labels)
     if len(items) > limits.max_labels:
         v.add(field, f"has {len(items)} labels; at most {limits.max_labels}")
         return
     for name, value in items:
+        if valid is not None:
+            if (name, value) in valid:
+                continue
+            if _label_ok(name, value, limits):
+                valid.add((name, value))
+                continue
         where = f'{field}["{name}"]' if len(name) <= limits.max_label_name_length else field
         if len(name) > limits.max_label_name_length:
             v.add(
@@ -79,6 +95,15 @@ def _check_labels(
             )
         elif _CONTROL.search(value):
             v.add(where, "label value contains control characters")
+
+
+def _label_ok(name: str, value: str, limits: LimitsConfig) -> bool:
+    return (
+        len(name) <= limits.max_label_name_length
+        and _LABEL_NAME.match(name) is not None
+        and 0 < len(value) <= limits.max_label_value_length
+        and _CONTROL.search(value) is None
+    )
 
 
 def _iso(ms: int) -> str:
@@ -117,18 +142,28 @@ def validate_write(
     oldest = now_ms - retention_ms
     newest = now_ms + limits.future_tolerance_ms
     batches = batches_from_request(request)
-    for i, (series, batch) in enumerate(zip(request.series, batches, strict=True)):
-        where = f"series[{i}]"
-        _check_name(v, f"{where}.app", series.app, limits)
-        _check_name(v, f"{where}.metric", series.metric, limits)
-        _check_labels(v, f"{where}.labels", series.labels.items(), limits)
+    # Names and label pairs repeat across a request's series: each distinct
+    # one is checked once. Samples are checked over the whole request at
+    # once, and series by series only when something is wrong.
+    valid_names: set[str] = set()
+    valid_labels: set[tuple[str, str]] = set()
+    samples_ok = _all_samples_ok(batches, oldest, newest)
+    for i, batch in enumerate(batches):
+        series = batch.series
+        for field, name in (("app", series.app), ("metric", series.metric)):
+            if name not in valid_names and _check_name(v, f"series[{i}].{field}", name, limits):
+                valid_names.add(name)
+        _check_labels(v, f"series[{i}].labels", series.labels, limits, valid_labels)
         times, values = batch.times_ms, batch.values
         if times.size != values.size:
-            v.add(f"{where}.values", f"has {values.size} values for {times.size} times_ms")
+            v.add(f"series[{i}].values", f"has {values.size} values for {times.size} times_ms")
             continue
         if times.size == 0:
-            v.add(f"{where}.times_ms", "at least one sample is required")
+            v.add(f"series[{i}].times_ms", "at least one sample is required")
             continue
+        if samples_ok:
+            continue
+        where = f"series[{i}]"
         for j in np.flatnonzero(~np.isfinite(values))[:3].tolist():
             v.add(f"{where}.values[{j}]", f"must be a finite number, not {values[j]}")
         for j in np.flatnonzero(times < oldest)[:3].tolist():
@@ -145,6 +180,17 @@ def validate_write(
             )
     v.raise_if_any()
     return batches, total
+
+
+def _all_samples_ok(batches: list[SeriesBatch], oldest: int, newest: int) -> bool:
+    """Every value finite and every time within ``[oldest, newest]``, checked
+    over all series at once (series whose lengths differ are left out)."""
+    usable = [b for b in batches if b.times_ms.size == b.values.size and b.times_ms.size]
+    if not usable:
+        return True
+    times = np.concatenate([b.times_ms for b in usable])
+    values = np.concatenate([b.values for b in usable])
+    return bool(np.isfinite(values).all() and times.min() >= oldest and times.max() <= newest)
 
 
 def validate_query(request: query_pb2.QueryRangeRequest, *, limits: LimitsConfig) -> RangeQuery:
