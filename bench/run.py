@@ -176,7 +176,12 @@ def main() -> int:
         if "sqlite" in backends:
             runner.backend("sqlite", f"sqlite:///{work / 'sqlite.db'}")
             results["rss"] = runner.step("rss: 100,000 series", lambda: scenarios.rss(settings))
-            results["shadow"] = runner.step("shadow vs off", lambda: scenarios.shadow(settings))
+            results["shadow"] = runner.step(
+                "shadow vs off, 1 shadow worker", lambda: scenarios.shadow(settings, workers=1)
+            )
+            results["shadow_inline"] = runner.step(
+                "shadow vs off, on the serving loop", lambda: scenarios.shadow(settings, workers=0)
+            )
         if "cassandra" in backends:
             if _reachable(CASSANDRA):
                 runner.backend("cassandra", "cassandra://127.0.0.1:9042/metaas_bench")

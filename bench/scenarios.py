@@ -228,26 +228,31 @@ def rss(settings: Settings) -> dict[str, Any]:
     }
 
 
-def shadow(settings: Settings) -> dict[str, Any]:
+def shadow(settings: Settings, *, workers: int) -> dict[str, Any]:
     """Served-path latency of the same query for an app in ``off`` and one in
     ``shadow`` at check ratio 1.0, old and new backends both embedded stores,
-    in one server: alternating rounds one request at a time (the headline),
-    then each once at the fixed rate."""
+    in one server with ``--shadow-workers workers``: alternating rounds one
+    request at a time (the headline), then each once at the fixed rate."""
     from bench.flags import write_flags
 
-    flags = settings.work / "flags.json"
-    apps = {"off": f"bench-off-{settings.run_id}", "shadow": f"bench-shadow-{settings.run_id}"}
+    flags = settings.work / f"flags-{workers}.json"
+    apps = {
+        "off": f"bench-off{workers}-{settings.run_id}",
+        "shadow": f"bench-shadow{workers}-{settings.run_id}",
+    }
     write_flags(flags, dict.fromkeys(apps.values(), "dualwrite"), ratio=1.0)
     server = metaas_server(
-        "shadow",
-        f"sqlite:///{settings.work / 'shadow-old.db'}",
+        f"shadow-{workers}",
+        f"sqlite:///{settings.work / f'shadow-{workers}-old.db'}",
         settings.work,
         flush_interval_s=FLUSH_INTERVAL_S,
         extra=(
             "--migration-target",
-            f"sqlite:///{settings.work / 'shadow-new.db'}",
+            f"sqlite:///{settings.work / f'shadow-{workers}-new.db'}",
             "--flags",
             str(flags),
+            "--shadow-workers",
+            str(workers),
         ),
     )
     with server:
@@ -293,6 +298,7 @@ def shadow(settings: Settings) -> dict[str, Any]:
         status = migration_status(server.target, apps["shadow"])
     medians = {stage: _mean([r["p50_ms"] for r in runs]) for stage, runs in rounds.items()}
     return {
+        "shadow_workers": workers,
         "concurrency": 1,
         "off_median_ms": medians["off"],
         "shadow_median_ms": medians["shadow"],

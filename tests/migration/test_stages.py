@@ -28,8 +28,12 @@ TABLE = {
 }
 
 
+# The same pair with shadow reads in a worker process (--shadow-workers 1).
+WORKERS = "sqlite-to-sqlite-shadow-worker"
+
+
 def _urls(pair: str, tmp_path: Path) -> tuple[str, str]:
-    if pair == "sqlite-to-sqlite":
+    if pair in ("sqlite-to-sqlite", WORKERS):
         return f"sqlite:///{tmp_path / 'old.db'}", f"sqlite:///{tmp_path / 'new.db'}"
     # Real Apache Cassandra (old) and the DynamoDB emulator (new), as make test starts them.
     from tests.backends import cassandra, dynamodb
@@ -39,9 +43,10 @@ def _urls(pair: str, tmp_path: Path) -> tuple[str, str]:
     return cassandra.url(keyspace), asyncio.run(dynamodb.new_table("migration"))
 
 
-@pytest.fixture(params=["sqlite-to-sqlite", "cassandra-to-dynamodb"])
+@pytest.fixture(params=["sqlite-to-sqlite", WORKERS, "cassandra-to-dynamodb"])
 def migrating(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
     old_url, new_url = _urls(request.param, tmp_path)
+    workers = ("--shadow-workers", "1") if request.param == WORKERS else ()
     flags = tmp_path / "flags.json"
     write_flags(flags, {})
     server = ServerProcess(
@@ -54,6 +59,7 @@ def migrating(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[n
             str(flags),
             "--compare-ignore-newest-minutes",
             "0",
+            *workers,
         ),
         env={"AWS_ACCESS_KEY_ID": "metaas-test", "AWS_SECRET_ACCESS_KEY": "metaas-test"},
     ).start()
@@ -73,7 +79,7 @@ def test_one_app_through_all_six_stages(migrating) -> None:  # type: ignore[no-u
     server, flags, probe, pair = migrating
     served = (
         {"old": "sqlite", "new": "sqlite"}
-        if pair == "sqlite-to-sqlite"
+        if pair in ("sqlite-to-sqlite", WORKERS)
         else {"old": "cassandra", "new": "dynamodb"}
     )
     minute = time.time_ns() // 1_000_000 // MINUTE * MINUTE - 5 * MINUTE

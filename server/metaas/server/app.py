@@ -19,6 +19,7 @@ from metaas.server.config import Settings
 from metaas.server.ingest.pipeline import IngestPipeline
 from metaas.server.migration.flags import open_flags
 from metaas.server.migration.router import MigrationRouter
+from metaas.server.migration.shadow_pool import ShadowPool
 from metaas.server.migration.stages import Role
 from metaas.server.migration.window import MigrationWindow
 from metaas.server.query import QueryEngine
@@ -48,6 +49,29 @@ async def _backends(
             await storage.close()
 
 
+@contextlib.asynccontextmanager
+async def _shadow_pool(
+    settings: Settings, backends: dict[Role, Storage]
+) -> AsyncIterator[ShadowPool | None]:
+    """Worker processes for shadow reads, when configured for a migration."""
+    migration = settings.migration
+    if migration.target_url is None or migration.shadow_workers == 0:
+        yield None
+        return
+    pool = ShadowPool(
+        {Role.OLD: settings.storage_url, Role.NEW: migration.target_url},
+        {role: storage.name for role, storage in backends.items()},
+        workers=migration.shadow_workers,
+        retention_ms=settings.retention.retention_ms,
+        codec=settings.codec,
+    )
+    try:
+        await pool.start()
+        yield pool
+    finally:
+        await asyncio.to_thread(pool.close)
+
+
 async def serve(
     settings: Settings,
     telemetry: Telemetry,
@@ -65,7 +89,10 @@ async def serve(
     migration = settings.migration
     window = MigrationWindow(window_s=migration.window_s)
     try:
-        async with _backends(settings, context, window) as backends:
+        async with (
+            _backends(settings, context, window) as backends,
+            _shadow_pool(settings, backends) as shadow_pool,
+        ):
             router = MigrationRouter(
                 backends[Role.OLD],
                 backends.get(Role.NEW),
@@ -79,6 +106,7 @@ async def serve(
                 window=window,
                 telemetry=telemetry,
                 clock=clock,
+                shadow_pool=shadow_pool,
             )
             pipeline = IngestPipeline(
                 settings.ingest,

@@ -187,6 +187,8 @@ class MigrationConfig:
     flags_provider: str | None = None
     # A shadow read never delays an answer by more than this.
     shadow_timeout_s: float = 0.25
+    # Worker processes for shadow reads (0: on the serving event loop).
+    shadow_workers: int = 0
     relative_tolerance: float = 1e-9
     # The newest minutes may differ while both backends catch up; not compared.
     ignore_newest_minutes: int = 2
@@ -203,6 +205,8 @@ class MigrationConfig:
             raise ConfigError("shadow timeout", self.shadow_timeout_s, "seconds > 0")
         if not 0 <= self.relative_tolerance < 1:
             raise ConfigError("compare tolerance", self.relative_tolerance, "0 <= t < 1")
+        if not 0 <= self.shadow_workers <= 64:
+            raise ConfigError("METAAS_SHADOW_WORKERS", self.shadow_workers, "0 to 64")
         if self.window_s <= 0:
             raise ConfigError("METAAS_MIGRATION_WINDOW_S", self.window_s, "seconds > 0")
         if self.guard_min_samples < 1:

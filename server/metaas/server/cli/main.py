@@ -131,6 +131,15 @@ def main() -> None:
     help="Longest wait for a shadow read. [env METAAS_SHADOW_TIMEOUT_S]",
 )
 @click.option(
+    "--shadow-workers",
+    envvar="METAAS_SHADOW_WORKERS",
+    type=int,
+    default=_DEFAULTS.migration.shadow_workers,
+    show_default=True,
+    help="Worker processes for shadow reads, so they use other cores than the "
+    "serving loop (0: on the serving loop). [env METAAS_SHADOW_WORKERS]",
+)
+@click.option(
     "--compare-tolerance",
     envvar="METAAS_COMPARE_TOLERANCE",
     type=float,
@@ -240,6 +249,7 @@ def serve(
     flags: Path | None,
     flags_provider: str | None,
     shadow_timeout_s: float,
+    shadow_workers: int,
     compare_tolerance: float,
     compare_ignore_newest_minutes: int,
     guard_error_rate: float,
@@ -283,6 +293,7 @@ def serve(
                 flags_file=flags,
                 flags_provider=flags_provider,
                 shadow_timeout_s=shadow_timeout_s,
+                shadow_workers=shadow_workers,
                 relative_tolerance=compare_tolerance,
                 ignore_newest_minutes=compare_ignore_newest_minutes,
                 guard_error_rate=guard_error_rate,

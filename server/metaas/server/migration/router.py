@@ -17,6 +17,7 @@ from metaas.server.clock import Clock
 from metaas.server.config import MigrationConfig
 from metaas.server.migration.compare import Comparison, Observation, compare_results
 from metaas.server.migration.flags import FixedFlags, FlagSource
+from metaas.server.migration.shadow_pool import ShadowPool
 from metaas.server.migration.stages import PLANS, Plan, Role, Stage
 from metaas.server.migration.window import MigrationWindow
 from metaas.server.model import SeriesKey
@@ -59,6 +60,7 @@ class MigrationRouter:
         telemetry: Telemetry,
         clock: Clock,
         sample: Callable[[], float] = random.random,
+        shadow_pool: ShadowPool | None = None,
     ) -> None:
         self._storages = {Role.OLD: old} | ({Role.NEW: new} if new is not None else {})
         self._engine = engine
@@ -67,6 +69,7 @@ class MigrationRouter:
         self.window = window or MigrationWindow(window_s=self.config.window_s)
         self._clock = clock
         self._sample = sample
+        self._shadow_pool = shadow_pool
         self.fallbacks: dict[str, Fallback] = {}
         self._comparing: set[asyncio.Task[Comparison]] = set()
         meter = telemetry.meter
@@ -114,7 +117,7 @@ class MigrationRouter:
         shadow_role = plan.shadow if role is plan.reads else None
         shadow = None
         if shadow_role is not None and self._sample() < self.flags.check_ratio(app):
-            shadow = asyncio.create_task(self._observe(shadow_role, query))
+            shadow = asyncio.create_task(self._shadow_read(shadow_role, query))
 
         primary, error = await self._observe_raising(role, query)
         if error is not None and plan.fallback_allowed and role is Role.NEW:
@@ -166,6 +169,12 @@ class MigrationRouter:
             log.info("fallback for app %s cleared: stage is now %s", app, stage)
             fallback = None
         return Role.OLD if fallback is not None and plan.fallback_allowed else plan.reads
+
+    async def _shadow_read(self, role: Role, query: RangeQuery) -> Observation:
+        """On this event loop, or in a worker process when there is a pool."""
+        if self._shadow_pool is not None:
+            return await self._shadow_pool.read(role, query)
+        return await self._observe(role, query)
 
     async def _observe(self, role: Role, query: RangeQuery) -> Observation:
         observation, _ = await self._observe_raising(role, query)
