@@ -19,7 +19,7 @@ from metaas.server.config import Settings
 from metaas.server.ingest.pipeline import IngestPipeline
 from metaas.server.migration.flags import open_flags
 from metaas.server.migration.router import MigrationRouter
-from metaas.server.migration.shadow_pool import ShadowPool
+from metaas.server.migration.shadow_pool import ShadowPool, setup_of
 from metaas.server.migration.stages import Role
 from metaas.server.migration.window import MigrationWindow
 from metaas.server.query import QueryEngine
@@ -51,25 +51,21 @@ async def _backends(
 
 @contextlib.asynccontextmanager
 async def _shadow_pool(
-    settings: Settings, backends: dict[Role, Storage]
+    settings: Settings,
 ) -> AsyncIterator[ShadowPool | None]:
     """Worker processes for shadow reads, when configured for a migration."""
     migration = settings.migration
     if migration.target_url is None or migration.shadow_workers == 0:
         yield None
         return
-    pool = ShadowPool(
-        {Role.OLD: settings.storage_url, Role.NEW: migration.target_url},
-        {role: storage.name for role, storage in backends.items()},
-        workers=migration.shadow_workers,
-        retention_ms=settings.retention.retention_ms,
-        codec=settings.codec,
-    )
+    urls = {Role.OLD: settings.storage_url, Role.NEW: migration.target_url}
+    setup = setup_of(urls, retention_ms=settings.retention.retention_ms, codec=settings.codec)
+    pool = ShadowPool(setup, workers=migration.shadow_workers)
     try:
         await pool.start()
         yield pool
     finally:
-        await asyncio.to_thread(pool.close)
+        await pool.close()
 
 
 async def serve(
@@ -91,7 +87,7 @@ async def serve(
     try:
         async with (
             _backends(settings, context, window) as backends,
-            _shadow_pool(settings, backends) as shadow_pool,
+            _shadow_pool(settings) as shadow_pool,
         ):
             router = MigrationRouter(
                 backends[Role.OLD],

@@ -60,17 +60,20 @@ def compare_results(
         b_points = _points(right.get(labels), newer_than_ms)
         for t in sorted(set(a_points) | set(b_points)):
             a, b = a_points.get(t), b_points.get(t)
-            at = datetime.fromtimestamp(t / 1000, UTC).strftime("%Y-%m-%d %H:%M")
             if a is None or b is None:
-                diff.append(f"{name} {at}: only in {'primary' if b is None else 'shadow'}")
+                diff.append(f"{name} {_at(t)}: only in {'primary' if b is None else 'shadow'}")
             else:
                 for stat, x, y in zip(stat_names, a, b, strict=True):
                     if not _close(x, y, relative_tolerance):
-                        diff.append(f"{name} {at} {stat}: primary={x:.6g} shadow={y:.6g}")
+                        diff.append(f"{name} {_at(t)} {stat}: primary={x:.6g} shadow={y:.6g}")
                         break
             if len(diff) >= MAX_DIFF_LINES:
                 return tuple(diff)
     return tuple(diff)
+
+
+def _at(time_ms: int) -> str:
+    return datetime.fromtimestamp(time_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _points(group: ResultGroup | None, newer_than_ms: int) -> dict[int, tuple[float, ...]]:

@@ -17,7 +17,7 @@ from metaas.server.clock import Clock
 from metaas.server.config import MigrationConfig
 from metaas.server.migration.compare import Comparison, Observation, compare_results
 from metaas.server.migration.flags import FixedFlags, FlagSource
-from metaas.server.migration.shadow_pool import ShadowPool
+from metaas.server.migration.shadow_pool import Checked, ShadowPool, Task
 from metaas.server.migration.stages import PLANS, Plan, Role, Stage
 from metaas.server.migration.window import MigrationWindow
 from metaas.server.model import SeriesKey
@@ -43,8 +43,9 @@ class Routed:
     groups: list[ResultGroup]
     served_by: str
     stage: Stage
-    # The shadow comparison, finishing after the answer (None: no shadow read).
-    comparison: asyncio.Task[Comparison] | None
+    # The shadow comparison, finishing after the answer (None: no shadow
+    # read; a task yielding None: the check was shed under load).
+    comparison: asyncio.Task[Comparison | None] | None
 
 
 class MigrationRouter:
@@ -71,13 +72,18 @@ class MigrationRouter:
         self._sample = sample
         self._shadow_pool = shadow_pool
         self.fallbacks: dict[str, Fallback] = {}
-        self._comparing: set[asyncio.Task[Comparison]] = set()
+        self._comparing: set[asyncio.Task[Comparison | None]] = set()
         meter = telemetry.meter
         self._comparisons = meter.create_counter(
             "metaas.migration.comparisons", unit="{comparison}", description="Shadow comparisons"
         )
         self._mismatches = meter.create_counter(
             "metaas.migration.mismatches", unit="{comparison}", description="Inconsistent ones"
+        )
+        self._skipped = meter.create_counter(
+            "metaas.migration.shadow_skipped",
+            unit="{read}",
+            description="Sampled shadow reads skipped because the shadow workers were saturated",
         )
         self._fallback_counter = meter.create_counter(
             "metaas.migration.fallbacks", unit="{event}", description="Guard-rail fallbacks"
@@ -115,9 +121,12 @@ class MigrationRouter:
         plan = PLANS[stage]
         role = self._read_role(app, stage, plan)
         shadow_role = plan.shadow if role is plan.reads else None
+        checked = shadow_role is not None and self._sample() < self.flags.check_ratio(app)
         shadow = None
-        if shadow_role is not None and self._sample() < self.flags.check_ratio(app):
-            shadow = asyncio.create_task(self._shadow_read(shadow_role, query))
+        if checked and self._shadow_pool is None:
+            # On this loop: the shadow read starts with the primary one.
+            assert shadow_role is not None
+            shadow = asyncio.create_task(self._observe(shadow_role, query))
 
         primary, error = await self._observe_raising(role, query)
         if error is not None and plan.fallback_allowed and role is Role.NEW:
@@ -125,17 +134,23 @@ class MigrationRouter:
             self.window.record_read(app, role.value, True)
             self._check_guard(app, stage)
             _cancel(shadow)
-            role, shadow = Role.OLD, None
+            role, shadow, checked = Role.OLD, None, False
             primary, error = await self._observe_raising(role, query)
         self.window.record_read(app, role.value, error is not None)
         if error is not None:
             _cancel(shadow)
             raise error
 
-        comparison = None
+        comparison: asyncio.Task[Comparison | None] | None = None
         if shadow is not None:
             # Answer now; the comparison finishes beside the next requests.
             comparison = asyncio.create_task(self._compare_later(query, stage, primary, shadow))
+        elif checked and self._shadow_pool is not None and shadow_role is not None:
+            # A worker process reads the shadow and compares with this answer.
+            comparison = asyncio.create_task(
+                self._compare_in_worker(self._shadow_pool, query, stage, primary, shadow_role)
+            )
+        if comparison is not None:
             self._comparing.add(comparison)
             comparison.add_done_callback(self._comparing.discard)
         self._check_guard(app, stage)
@@ -170,11 +185,40 @@ class MigrationRouter:
             fallback = None
         return Role.OLD if fallback is not None and plan.fallback_allowed else plan.reads
 
-    async def _shadow_read(self, role: Role, query: RangeQuery) -> Observation:
-        """On this event loop, or in a worker process when there is a pool."""
-        if self._shadow_pool is not None:
-            return await self._shadow_pool.read(role, query)
-        return await self._observe(role, query)
+    async def _compare_in_worker(
+        self, pool: ShadowPool, query: RangeQuery, stage: Stage, primary: Observation, role: Role
+    ) -> Comparison | None:
+        assert primary.value is not None
+        now = self._clock.now_ms()
+        task = Task(
+            role.value,
+            query,
+            primary.value,
+            tuple(s.name for s in query.stats),
+            self.config.relative_tolerance,
+            self._newer_than_ms(now),
+        )
+        timeout_s = self.config.shadow_timeout_s
+        try:
+            checked = await asyncio.wait_for(pool.check(task), timeout_s)
+        except TimeoutError:
+            checked = Checked(timeout_s, error=f"timed out after {timeout_s}s")
+        if checked is None:  # the workers are saturated: shed, not a mismatch
+            self._skipped.add(1, {"stage": stage.value})
+            return None
+        if checked.error is not None:
+            diff: tuple[str, ...] = (f"shadow failed: {checked.error}",)
+        else:
+            diff = checked.diff
+        candidate = Observation(
+            role.value, self.backend_name(role), checked.duration_s, error=checked.error
+        )
+        comparison = Comparison(
+            query.app, query.metric, stage.value, now, primary, candidate, not diff, diff
+        )
+        self._publish(comparison)
+        self._check_guard(query.app, stage)
+        return comparison
 
     async def _observe(self, role: Role, query: RangeQuery) -> Observation:
         observation, _ = await self._observe_raising(role, query)
@@ -224,7 +268,7 @@ class MigrationRouter:
                 candidate.value,
                 [s.name for s in query.stats],
                 relative_tolerance=self.config.relative_tolerance,
-                newer_than_ms=now - now % MINUTE_MS - self.config.ignore_newest_minutes * MINUTE_MS,
+                newer_than_ms=self._newer_than_ms(now),
             )
         return Comparison(
             query.app,
@@ -236,6 +280,10 @@ class MigrationRouter:
             consistent=not diff,
             diff=diff,
         )
+
+    def _newer_than_ms(self, now_ms: int) -> int:
+        """Buckets from here on are not compared (both sides may lag)."""
+        return now_ms - now_ms % MINUTE_MS - self.config.ignore_newest_minutes * MINUTE_MS
 
     def _publish(self, comparison: Comparison) -> None:
         """The one seam through which a comparison reaches telemetry: the RPC

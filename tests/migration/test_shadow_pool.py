@@ -1,0 +1,105 @@
+"""Shadow checks in worker processes: verdicts, shedding under load, and a
+worker that dies (real processes, real SQLite files)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metaas.server.config import CodecConfig
+from metaas.server.migration.shadow_pool import MAX_QUEUED, ShadowPool, Task, setup_of
+from metaas.server.migration.stages import Role
+from metaas.server.model import Partial, SeriesKey
+from metaas.server.query import QueryEngine, RangeQuery, parse_stat
+from metaas.server.sketch import Distribution
+from metaas.server.storage import StorageContext, open_storage
+
+MINUTE = 60_000
+RETENTION_MS = 30 * 86_400_000
+STATS = tuple(s for s in (parse_stat("count"), parse_stat("p99")) if s is not None)
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000 // MINUTE * MINUTE
+
+
+async def _fill(url: str, minutes: list[int], extra: float | None = None) -> None:
+    storage = await open_storage(url, StorageContext(RETENTION_MS))
+    rng = np.random.default_rng(1)
+    series = SeriesKey.of("shop", "latency", {"dyno": "web.1"})
+    partials = [
+        Partial(series, m, "w1", 1, Distribution.from_values(rng.lognormal(3, 1, 50)))
+        for m in minutes
+    ]
+    if extra is not None:
+        partials[-1].distribution.merge(Distribution.from_values(np.array([extra])))
+    await storage.write_partials(partials)
+    await storage.close()
+
+
+@pytest.fixture
+async def pool(tmp_path: Path) -> AsyncIterator[tuple[ShadowPool, RangeQuery, tuple[object, ...]]]:
+    old, new = f"sqlite:///{tmp_path / 'old.db'}", f"sqlite:///{tmp_path / 'new.db'}"
+    start = _now() - 30 * MINUTE
+    minutes = [start + i * MINUTE for i in range(10)]
+    await _fill(old, minutes)
+    await _fill(new, minutes, extra=1e6)  # the last minute differs
+    query = RangeQuery("shop", "latency", (), start, start + 30 * MINUTE, MINUTE, STATS, ())
+    reader = await open_storage(old, StorageContext(RETENTION_MS))
+    engine = QueryEngine(retention_ms=RETENTION_MS, clock=StorageContext(RETENTION_MS).clock)
+    served = tuple(await engine.query_range(reader, query))
+    await reader.close()
+    shadow = ShadowPool(
+        setup_of({Role.OLD: old, Role.NEW: new}, retention_ms=RETENTION_MS, codec=CodecConfig()),
+        workers=1,
+    )
+    await shadow.start()
+    try:
+        yield shadow, query, served
+    finally:
+        await shadow.close()
+
+
+def _task(role: Role, query: RangeQuery, served: tuple[object, ...]) -> Task:
+    return Task(role.value, query, served, ("count", "p99"), 1e-9, _now() + MINUTE)  # type: ignore[arg-type]
+
+
+async def test_the_worker_reads_the_shadow_and_compares(pool) -> None:  # type: ignore[no-untyped-def]
+    shadow, query, served = pool
+    same = await shadow.check(_task(Role.OLD, query, served))
+    assert same is not None
+    assert (same.error, same.diff) == (None, ())
+    assert same.duration_s > 0
+    other = await shadow.check(_task(Role.NEW, query, served))
+    assert other is not None
+    assert other.error is None
+    assert len(other.diff) == 1
+    assert "count: primary=50 shadow=51" in other.diff[0]
+
+
+async def test_checks_beyond_the_queue_bound_are_shed(pool) -> None:  # type: ignore[no-untyped-def]
+    shadow, query, served = pool
+    verdicts = await asyncio.gather(
+        *(shadow.check(_task(Role.OLD, query, served)) for _ in range(MAX_QUEUED + 5))
+    )
+    assert verdicts.count(None) == 5
+    assert all(v is not None and not v.diff for v in verdicts[:MAX_QUEUED])
+    # Once the queue drained, checks are taken again.
+    assert await shadow.check(_task(Role.OLD, query, served)) is not None
+
+
+async def test_a_dead_worker_gives_error_verdicts_not_a_crash(pool) -> None:  # type: ignore[no-untyped-def]
+    shadow, query, served = pool
+    (worker,) = shadow._workers
+    worker.process.kill()
+    worker.process.join()
+    await asyncio.sleep(0.2)  # the server notices the closed pipe
+    verdict = await shadow.check(_task(Role.OLD, query, served))
+    assert verdict is not None
+    assert verdict.error is not None
+    assert "no shadow worker is running" in verdict.error
