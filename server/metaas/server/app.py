@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -68,6 +69,22 @@ async def _shadow_pool(
         await pool.close()
 
 
+# Allocations between young collections (CPython's default is 700). Requests
+# allocate many short-lived objects; collecting less often also makes the
+# full collections, whose pauses grow with the heap, rarer.
+_GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def _tune_gc() -> None:
+    """Keep the cycle collector's pauses out of query latency: everything
+    allocated while starting (modules, drivers, connections) is moved out of
+    its reach with gc.freeze(), and collections run less often. Without this
+    a 7-day query's p99 was 4-5x its median in the benchmark: full
+    collections scanning the in-memory aggregates."""
+    gc.set_threshold(*_GC_THRESHOLDS)
+    gc.freeze()
+
+
 async def serve(
     settings: Settings,
     telemetry: Telemetry,
@@ -113,6 +130,7 @@ async def serve(
                 routing=router.write_targets,
             )
             await pipeline.start()
+            _tune_gc()
             try:
                 await _serve_api(settings, telemetry, clock, router, pipeline, stop, on_ready)
             finally:
