@@ -151,6 +151,12 @@ async def apply(session: CqlSession, config: CassandraConfig, retention_ms: int)
         if current is None:
             await session.execute(statement, timeout_s=_DDL_TIMEOUT_S)
             done.append(f"created table {keyspace}.{table}")
+            if table == HOURLY and PARTIALS in tables:
+                done.append(
+                    "minutes stored before schema version 2 have no hourly rollups: queries "
+                    "whose start and step are whole hours read rollups, so they see that "
+                    "older data only in their partial hours until it expires"
+                )
             continue
         if table == VERSIONS:
             continue
