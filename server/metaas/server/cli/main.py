@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import click
 
 from metaas.client import DEFAULT_TARGET
+from metaas.server.cli._params import DURATION, TIMESTAMP
 from metaas.server.cli.demo import demo
 from metaas.server.cli.migration import migration
 from metaas.server.cli.query import query
@@ -343,6 +345,80 @@ def schema_apply(storage: str, retention_days: int) -> None:
         raise click.UsageError(str(error)) from error
     except StorageError as error:
         raise click.ClickException(f"storage: {error}") from error
+
+
+@main.group()
+def rollups() -> None:
+    """Hourly rollups (what queries on whole hours read)."""
+
+
+@rollups.command("rebuild")
+@click.option(
+    "--storage",
+    envvar="METAAS_STORAGE",
+    default=_DEFAULTS.storage_url,
+    help="Storage URL. [env METAAS_STORAGE]",
+)
+@click.option("--app", required=True)
+@click.option("--since", type=DURATION, default="30d", help="Range ending now, e.g. 6h, 7d.")
+@click.option("--start", type=TIMESTAMP, help="Range start; overrides --since.")
+@click.option(
+    "--end",
+    type=TIMESTAMP,
+    help="Range end, exclusive (default: the start of the newest hour no server still holds).",
+)
+@click.option("--metric", "metrics", multiple=True, help="Only this metric (repeatable).")
+@click.option(
+    "--retention-days",
+    envvar="METAAS_RETENTION_DAYS",
+    type=int,
+    default=_DEFAULTS.retention.days,
+    help="Nothing older is read.",
+)
+def rollups_rebuild(
+    storage: str,
+    app: str,
+    since: int,
+    start: int | None,
+    end: int | None,
+    metrics: tuple[str, ...],
+    retention_days: int,
+) -> None:
+    """Rewrite an app's hourly rollups from its stored minutes, for data
+    stored before rollups existed (every hour the range touches)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from metaas.server.model import Resolution
+    from metaas.server.storage import StorageContext, open_storage
+    from metaas.server.storage.rollups import rebuild
+
+    now_ms = time.time_ns() // 1_000_000
+    # Servers keep an hour in memory until its last minute is 3 minutes old.
+    end_ms = end if end is not None else Resolution.HOUR.floor(now_ms - 10 * 60_000)
+    start_ms = start if start is not None else now_ms - since
+
+    async def run() -> tuple[int, int]:
+        context = StorageContext(RetentionConfig(days=retention_days).retention_ms)
+        opened = await open_storage(storage, context)
+        columns = (TextColumn("metric-hours"), BarColumn(), MofNCompleteColumn())
+        written = done = 0
+        try:
+            with Progress(*columns) as bar:
+                task = bar.add_task("rebuild", total=None)
+                async for step in rebuild(opened, app, start_ms, end_ms, metrics=metrics):
+                    bar.update(task, total=step.hours_total, completed=step.hours_done)
+                    written, done = step.rollups_written, step.hours_done
+        finally:
+            await opened.close()
+        return done, written
+
+    try:
+        done, written = asyncio.run(run())
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
+    except StorageError as error:
+        raise click.ClickException(f"storage: {error}") from error
+    click.echo(f"rebuilt {written} hourly rollups over {done} metric-hours of app {app}")
 
 
 for command in (write, query, demo, migration):

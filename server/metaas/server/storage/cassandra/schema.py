@@ -153,9 +153,9 @@ async def apply(session: CqlSession, config: CassandraConfig, retention_ms: int)
             done.append(f"created table {keyspace}.{table}")
             if table == HOURLY and PARTIALS in tables:
                 done.append(
-                    "minutes stored before schema version 2 have no hourly rollups: queries "
-                    "whose start and step are whole hours read rollups, so they see that "
-                    "older data only in their partial hours until it expires"
+                    "minutes stored before schema version 2 have no hourly rollups, which "
+                    "queries on whole hours read: build them with `metaas rollups rebuild "
+                    "--storage URL --app APP` for each app"
                 )
             continue
         if table == VERSIONS:
