@@ -1,5 +1,7 @@
 """SQLite backend. sqlite3 blocks, so each connection lives on its own thread:
-one for writes, one for reads (WAL journal mode lets them run concurrently)."""
+one for writes, one for reads (WAL journal mode lets them run concurrently).
+Small reads use a third connection on the event loop's thread (see
+``_INLINE_ROWS``); in WAL mode a reader never waits for the writer."""
 
 from __future__ import annotations
 
@@ -22,6 +24,10 @@ _T = TypeVar("_T")
 _NAME: Final = "sqlite"
 # Expired rows are deleted at most this often (reads filter them regardless).
 _PURGE_EVERY_MS: Final = 60_000
+# Reads of at most this many rows (a few hundred microseconds of SQLite work)
+# run on the event loop itself: the hop to the reader thread and back costs
+# more than they do. A read that finds more is done again on the thread.
+_INLINE_ROWS: Final = 1_000
 
 
 class SqliteStorage:
@@ -36,6 +42,7 @@ class SqliteStorage:
         self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._inline: sqlite3.Connection | None = None
         self._last_purge_ms = 0
 
     @property
@@ -47,9 +54,12 @@ class SqliteStorage:
         return self._config.path
 
     async def open(self) -> None:
-        """Create the file and schema if needed and open both connections."""
+        """Create the file and schema if needed and open the connections."""
         self._writer = await self._run(self._writer_thread, self._connect, True)
         self._reader = await self._run(self._reader_thread, self._connect, False)
+        self._inline = self._connect(False)
+        # Never wait on the loop: a busy file sends the read to the thread.
+        self._inline.execute("PRAGMA busy_timeout=0")
 
     def _connect(self, apply_schema: bool) -> sqlite3.Connection:
         self._config.path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +72,9 @@ class SqliteStorage:
         return connection
 
     async def close(self) -> None:
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
         for executor, connection in (
             (self._writer_thread, self._writer),
             (self._reader_thread, self._reader),
@@ -123,9 +136,11 @@ class SqliteStorage:
         resolution: Resolution = Resolution.MINUTE,
     ) -> Sequence[Partial]:
         start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
-        rows = await self._run(
-            self._reader_thread, self._select_range, app, metric, start_ms, end_ms, resolution
-        )
+        rows = self._select_inline(app, metric, start_ms, end_ms, resolution)
+        if rows is None:
+            rows = await self._run(
+                self._reader_thread, self._select_range, app, metric, start_ms, end_ms, resolution
+            )
         distributions = await _decode([row[4] for row in rows])
         series_of: dict[str, SeriesKey] = {}
         partials = []
@@ -140,12 +155,26 @@ class SqliteStorage:
         self, app: str, metric: str, start_ms: int, end_ms: int, resolution: Resolution
     ) -> list[tuple[int, str, str, int, bytes]]:
         cursor = _require(self._reader).execute(
-            "SELECT minute, labels, writer, epoch, distribution "  # noqa: S608 - table names are constants
-            f"FROM {schema.TABLES[resolution]} "
-            "WHERE app = ? AND metric = ? AND minute >= ? AND minute < ?",
+            _SELECT_RANGE.format(table=schema.TABLES[resolution]),
             (app, metric, start_ms, end_ms),
         )
         return cursor.fetchall()
+
+    def _select_inline(
+        self, app: str, metric: str, start_ms: int, end_ms: int, resolution: Resolution
+    ) -> list[tuple[int, str, str, int, bytes]] | None:
+        """The rows, read on the event loop; None when there are more than
+        ``_INLINE_ROWS`` of them or the file is busy (read on the thread)."""
+        if self._inline is None:
+            return None
+        try:
+            rows = self._inline.execute(
+                _SELECT_RANGE.format(table=schema.TABLES[resolution]) + " LIMIT ?",
+                (app, metric, start_ms, end_ms, _INLINE_ROWS + 1),
+            ).fetchall()
+        except sqlite3.Error:
+            return None  # the thread's read reports it, mapped to a storage error
+        return rows if len(rows) <= _INLINE_ROWS else None
 
     async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:
         if not keys:
@@ -221,6 +250,12 @@ async def _decode(items: list[bytes]) -> list[Distribution]:
         return await codec.decode_distributions(items)
     except ValueError as error:
         raise Invalid(f"undecodable stored item: {error}", backend=_NAME) from error
+
+
+_SELECT_RANGE: Final = (
+    "SELECT minute, labels, writer, epoch, distribution FROM {table} "
+    "WHERE app = ? AND metric = ? AND minute >= ? AND minute < ?"
+)
 
 
 def _require(connection: sqlite3.Connection | None) -> sqlite3.Connection:
