@@ -4,6 +4,7 @@ worker that dies (real processes, real SQLite files)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +13,13 @@ import numpy as np
 import pytest
 
 from metaas.server.config import CodecConfig
-from metaas.server.migration.shadow_pool import MAX_QUEUED, ShadowPool, Task, setup_of
+from metaas.server.migration.shadow_pool import (
+    MAX_QUEUED,
+    MAX_TASK_VALUES,
+    ShadowPool,
+    Task,
+    setup_of,
+)
 from metaas.server.migration.stages import Role
 from metaas.server.model import Partial, SeriesKey
 from metaas.server.query import QueryEngine, RangeQuery, parse_stat
@@ -65,8 +72,19 @@ async def pool(tmp_path: Path) -> AsyncIterator[tuple[ShadowPool, RangeQuery, tu
         await shadow.close()
 
 
-def _task(role: Role, query: RangeQuery, served: tuple[object, ...]) -> Task:
-    return Task(role.value, query, served, ("count", "p99"), 1e-9, _now() + MINUTE)  # type: ignore[arg-type]
+def _task(
+    role: Role, query: RangeQuery, served: tuple[object, ...], *, start_within_s: float = 30.0
+) -> Task:
+    return Task(
+        role.value,
+        query,
+        served,  # type: ignore[arg-type]
+        ("count", "p99"),
+        1e-9,
+        _now() + 2 * MINUTE,
+        5.0,
+        time.time() + start_within_s,
+    )
 
 
 async def test_the_worker_reads_the_shadow_and_compares(pool) -> None:  # type: ignore[no-untyped-def]
@@ -93,13 +111,41 @@ async def test_checks_beyond_the_queue_bound_are_shed(pool) -> None:  # type: ig
     assert await shadow.check(_task(Role.OLD, query, served)) is not None
 
 
-async def test_a_dead_worker_gives_error_verdicts_not_a_crash(pool) -> None:  # type: ignore[no-untyped-def]
+async def test_a_dead_worker_means_skipped_checks_not_mismatches(pool) -> None:  # type: ignore[no-untyped-def]
     shadow, query, served = pool
     (worker,) = shadow._workers
     worker.process.kill()
     worker.process.join()
-    await asyncio.sleep(0.2)  # the server notices the closed pipe
-    verdict = await shadow.check(_task(Role.OLD, query, served))
+    await asyncio.sleep(0.2)  # the server notices the closed socket
+    assert await shadow.check(_task(Role.OLD, query, served)) is None
+
+
+async def test_a_task_that_waited_past_its_deadline_is_skipped(pool) -> None:  # type: ignore[no-untyped-def]
+    shadow, query, served = pool
+    assert await shadow.check(_task(Role.OLD, query, served, start_within_s=-1.0)) is None
+    assert await shadow.check(_task(Role.OLD, query, served)) is not None
+
+
+async def test_a_huge_answer_is_skipped_and_a_large_one_checked(pool) -> None:  # type: ignore[no-untyped-def]
+    shadow, query, served = pool
+    group = served[0]
+
+    def copies(count: int) -> tuple[object, ...]:
+        return tuple(
+            dataclasses.replace(
+                group,
+                labels=(("dyno", f"web.{i}"),),
+                values=tuple(tuple(v + i for v in column) for column in group.values),
+            )
+            for i in range(count)
+        )
+
+    started = time.perf_counter()
+    assert MAX_TASK_VALUES < 30 * 10_000
+    assert await shadow.check(_task(Role.OLD, query, copies(10_000))) is None
+    assert time.perf_counter() - started < 1.0  # not pickled, not sent
+    # Below the bound, a large answer (about 1 MB) is sent and checked.
+    verdict = await shadow.check(_task(Role.OLD, query, copies(3_000)))
     assert verdict is not None
-    assert verdict.error is not None
-    assert "no shadow worker is running" in verdict.error
+    assert verdict.error is None
+    assert verdict.diff  # the shadow has one series, the answer 3,000

@@ -188,3 +188,28 @@ def test_by_bucket_equals_each_part_and_bucket_on_its_own(
         assert (mine.count, mine.min, mine.max) == (theirs.count, theirs.min, theirs.max)
         assert mine.sketch == theirs.sketch
         assert mine.sum == pytest.approx(theirs.sum, rel=1e-9, abs=1e-300)
+
+
+def test_by_bucket_folds_extreme_ranges_without_allocating_them() -> None:
+    """Values 1e-300 and 1e300 in many series: each store keeps at most
+    MAX_BUCKETS (the lowest folded, as Sketch.from_values does), and no
+    allocation spans the unfolded range of every series."""
+    import tracemalloc
+
+    from metaas.server.sketch.distribution import by_bucket
+    from metaas.server.sketch.histogram import MAX_BUCKETS
+
+    series = 300
+    times = [np.array([0, 1, 2], np.int64)] * series
+    values = [np.array([1e-300, 1.0, 1e300])] * series
+    tracemalloc.start()
+    got = by_bucket(times, values, 60_000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(got) == series
+    expected = Sketch.from_values(values[0])
+    for _, _, distribution in got:
+        assert distribution.sketch == expected
+        assert distribution.sketch._positive.counts.size <= MAX_BUCKETS
+    # Unfolded, every series' counts would span ~127,600 buckets (1 MB each).
+    assert peak < 60 * 2**20, peak

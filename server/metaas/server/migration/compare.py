@@ -48,16 +48,18 @@ def compare_results(
     *,
     relative_tolerance: float,
     newer_than_ms: int,
+    step_ms: int = 60_000,
 ) -> tuple[str, ...]:
-    """Differences (at most MAX_DIFF_LINES), ignoring buckets starting at or
-    after ``newer_than_ms``. Empty means consistent."""
+    """Differences (at most MAX_DIFF_LINES), ignoring buckets that end after
+    ``newer_than_ms`` (buckets of ``step_ms``): both sides may still be
+    catching up on them. Empty means consistent."""
     diff: list[str] = []
     left = {g.labels: g for g in primary}
     right = {g.labels: g for g in candidate}
     for labels in sorted(set(left) | set(right)):
         name = "{" + ",".join(f"{k}={v}" for k, v in labels) + "}"
-        a_points = _points(left.get(labels), newer_than_ms)
-        b_points = _points(right.get(labels), newer_than_ms)
+        a_points = _points(left.get(labels), newer_than_ms - step_ms)
+        b_points = _points(right.get(labels), newer_than_ms - step_ms)
         for t in sorted(set(a_points) | set(b_points)):
             a, b = a_points.get(t), b_points.get(t)
             if a is None or b is None:
@@ -76,13 +78,14 @@ def _at(time_ms: int) -> str:
     return datetime.fromtimestamp(time_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
 
 
-def _points(group: ResultGroup | None, newer_than_ms: int) -> dict[int, tuple[float, ...]]:
+def _points(group: ResultGroup | None, last_start_ms: int) -> dict[int, tuple[float, ...]]:
+    """The group's points by bucket start, up to ``last_start_ms``."""
     if group is None:
         return {}
     return {
         t: tuple(column[i] for column in group.values)
         for i, t in enumerate(group.times_ms)
-        if t < newer_than_ms
+        if t <= last_start_ms
     }
 
 

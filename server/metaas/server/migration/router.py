@@ -17,7 +17,7 @@ from metaas.server.clock import Clock
 from metaas.server.config import MigrationConfig
 from metaas.server.migration.compare import Comparison, Observation, compare_results
 from metaas.server.migration.flags import FixedFlags, FlagSource
-from metaas.server.migration.shadow_pool import Checked, ShadowPool, Task
+from metaas.server.migration.shadow_pool import ShadowPool, Task
 from metaas.server.migration.stages import PLANS, Plan, Role, Stage
 from metaas.server.migration.window import MigrationWindow
 from metaas.server.model import SeriesKey
@@ -28,6 +28,8 @@ from metaas.server.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 MINUTE_MS = 60_000
+# Longest wait for a shadow worker's verdict beyond the shadow timeout.
+_WORKER_STALL_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,7 @@ class MigrationRouter:
     ) -> Comparison | None:
         assert primary.value is not None
         now = self._clock.now_ms()
+        timeout_s = self.config.shadow_timeout_s
         task = Task(
             role.value,
             query,
@@ -197,13 +200,16 @@ class MigrationRouter:
             tuple(s.name for s in query.stats),
             self.config.relative_tolerance,
             self._newer_than_ms(now),
+            timeout_s,
+            time.time() + timeout_s,
         )
-        timeout_s = self.config.shadow_timeout_s
+        # The worker bounds each read by the timeout and skips a task that
+        # waited past it; this only guards against a worker that hangs.
         try:
-            checked = await asyncio.wait_for(pool.check(task), timeout_s)
+            checked = await asyncio.wait_for(pool.check(task), _WORKER_STALL_S + 2 * timeout_s)
         except TimeoutError:
-            checked = Checked(timeout_s, error=f"timed out after {timeout_s}s")
-        if checked is None:  # the workers are saturated: shed, not a mismatch
+            checked = None
+        if checked is None:  # skipped (see shadow_pool): neither consistent nor a mismatch
             self._skipped.add(1, {"stage": stage.value})
             return None
         if checked.error is not None:

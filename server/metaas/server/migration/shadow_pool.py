@@ -7,9 +7,19 @@ and at a check ratio of 1.0 it roughly doubles the served latency. With
 answer it served, to one of N worker processes. The worker reads the shadow
 backend through its own connections (opened from the same URLs), runs the
 same query engine, compares, and sends back only the duration and the
-differences. The serving process pickles a few kilobytes each way over a
-pipe watched by its own event loop: no extra threads, so nothing contends
-with the serving loop for the interpreter lock.
+differences.
+
+The serving process writes each task to its worker's socket without blocking
+(asyncio ``sock_sendall``) and reads verdicts the same way: no extra threads
+contend with the serving loop for the interpreter lock. Workers run at a
+lower CPU priority.
+
+Checking is best effort and never slows or fails an answer. A check is
+*skipped* (counted, but neither consistent nor a mismatch) when every worker
+already has ``MAX_QUEUED`` tasks, when the served answer holds more than
+``MAX_TASK_VALUES`` values, when a task waited in the queue past its deadline, or when
+no worker is alive. A shadow read that fails or takes longer than the shadow
+timeout is an error verdict, as it is on the serving loop.
 
 What changes with workers: the shadow backend's per-call spans and metrics
 are not recorded (the worker has no telemetry). The comparison still carries
@@ -26,6 +36,8 @@ import logging
 import multiprocessing
 import os
 import pickle
+import socket
+import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,14 +49,18 @@ from metaas.server.migration.compare import compare_results
 from metaas.server.migration.stages import Role
 from metaas.server.query import QueryEngine, RangeQuery, ResultGroup
 from metaas.server.storage import Storage, StorageContext, open_storage
-from metaas.server.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 _START_TIMEOUT_S = 120.0
 # Added to the workers' nice value (lower CPU priority than the server).
 _NICENESS = 10
-# Tasks a worker may have queued; beyond it checks are skipped (and counted).
+# Tasks a worker may have queued; beyond it checks are skipped.
 MAX_QUEUED = 32
+# A served answer with more values than this is not sent to a worker (about
+# 2 MB pickled; sending is asynchronous, pickling is not).
+MAX_TASK_VALUES = 200_000
+# multiprocessing.Connection's framing: a 4-byte big-endian length.
+_FRAME = struct.Struct("!i")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +80,8 @@ class Task:
     stat_names: tuple[str, ...]
     relative_tolerance: float
     newer_than_ms: int
+    timeout_s: float  # the shadow read's own bound
+    start_by_s: float  # wall clock: a task still queued then is skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +92,16 @@ class Checked:
     duration_s: float
     error: str | None = None
     diff: tuple[str, ...] = ()
+    skipped: bool = False
 
 
 @dataclass(slots=True)
 class _Worker:
     process: BaseProcess
-    connection: Connection
-    pending: dict[int, asyncio.Future[Checked]] = field(default_factory=dict)
+    sock: socket.socket
+    sending: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pending: dict[int, asyncio.Future[Checked | None]] = field(default_factory=dict)
+    reader: asyncio.Task[None] | None = None
     alive: bool = True
 
 
@@ -98,6 +119,7 @@ class ShadowPool:
         no shadow read waits for a process to start."""
         context = multiprocessing.get_context("spawn")  # nothing inherited
         loop = asyncio.get_running_loop()
+        started: list[tuple[BaseProcess, Connection]] = []
         for index in range(self._size):
             mine, theirs = context.Pipe()
             process = context.Process(
@@ -108,66 +130,100 @@ class ShadowPool:
             )
             process.start()
             theirs.close()
-            self._workers.append(_Worker(process, mine))
-        for worker in self._workers:
-            ready = await asyncio.wait_for(
-                loop.run_in_executor(None, _receive, worker.connection), _START_TIMEOUT_S
-            )
-            if ready != b"ready":
-                raise RuntimeError(
-                    f"shadow worker failed to start: {ready.decode(errors='replace')}"
+            started.append((process, mine))
+        try:
+            for spawned, connection in started:
+                ready = await asyncio.wait_for(
+                    loop.run_in_executor(None, _receive, connection), _START_TIMEOUT_S
                 )
-            loop.add_reader(worker.connection.fileno(), self._on_reply, worker)
+                if ready != b"ready":
+                    raise RuntimeError(
+                        f"shadow worker failed to start: {ready.decode(errors='replace')}"
+                    )
+                sock = socket.socket(fileno=os.dup(connection.fileno()))
+                sock.setblocking(False)
+                worker = _Worker(spawned, sock)
+                worker.reader = asyncio.create_task(self._read_verdicts(worker))
+                self._workers.append(worker)
+        except BaseException:
+            for spawned, _ in started:
+                spawned.kill()
+            raise
+        finally:
+            for _, connection in started:
+                connection.close()
         log.info("%d shadow worker process(es) ready", self._size)
 
     async def check(self, task: Task) -> Checked | None:
-        """The worker's verdict on ``task`` (an error verdict if none is
-        alive), or None when every worker already has ``MAX_QUEUED`` tasks:
-        checking is shed under load rather than queued without bound."""
+        """The worker's verdict on ``task``, or None when it was skipped (see
+        the module docstring)."""
         alive = [w for w in self._workers if w.alive]
         if not alive:
-            return Checked(0.0, error="no shadow worker is running")
+            return None
         worker = min(alive, key=lambda w: len(w.pending))
         if len(worker.pending) >= MAX_QUEUED:
             return None
+        values = sum(len(g.times_ms) * (1 + len(g.values)) for g in task.primary)
+        if values > MAX_TASK_VALUES:
+            return None
         request_id = next(self._ids)
-        future: asyncio.Future[Checked] = asyncio.get_running_loop().create_future()
-        # Stays until the worker replies (even if the caller stops waiting):
-        # the worker's queue, as the bound above sees it.
+        payload = pickle.dumps((request_id, task), protocol=pickle.HIGHEST_PROTOCOL)
+        return await self._send(worker, request_id, payload)
+
+    async def _send(self, worker: _Worker, request_id: int, payload: bytes) -> Checked | None:
+        future: asyncio.Future[Checked | None] = asyncio.get_running_loop().create_future()
+        # Stays until the worker replies (or dies), even if the caller stops
+        # waiting: the worker's queue, as the bound above sees it.
         worker.pending[request_id] = future
         try:
-            worker.connection.send_bytes(pickle.dumps((request_id, task)))
+            async with worker.sending:
+                await asyncio.get_running_loop().sock_sendall(
+                    worker.sock, _FRAME.pack(len(payload)) + payload
+                )
         except OSError as error:
             self._lost(worker, error)
         return await future
 
-    def _on_reply(self, worker: _Worker) -> None:
+    async def _read_verdicts(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            request_id, checked = pickle.loads(worker.connection.recv_bytes())  # noqa: S301 - our own worker, over a private pipe
-        except (EOFError, OSError) as error:
+            while True:
+                (size,) = _FRAME.unpack(await _read_exactly(loop, worker.sock, _FRAME.size))
+                message = await _read_exactly(loop, worker.sock, size)
+                request_id, checked = pickle.loads(message)  # noqa: S301 - our own worker
+                future = worker.pending.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(None if checked.skipped else checked)
+        except (EOFError, OSError, pickle.UnpicklingError) as error:
             self._lost(worker, error)
-            return
-        future = worker.pending.pop(request_id, None)
-        if future is not None and not future.done():
-            future.set_result(checked)
 
     def _lost(self, worker: _Worker, error: BaseException) -> None:
-        log.error("shadow worker %s exited: %r", worker.process.name, error)
+        if worker.alive:
+            log.error(
+                "shadow worker %s stopped (%r): its checks are skipped from now on",
+                worker.process.name,
+                error,
+            )
         worker.alive = False
-        asyncio.get_running_loop().remove_reader(worker.connection.fileno())
         for future in worker.pending.values():
             if not future.done():
-                future.set_result(Checked(0.0, error=f"shadow worker exited: {error!r}"))
+                future.set_result(None)
         worker.pending.clear()
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
         for worker in self._workers:
             if worker.alive:
-                loop.remove_reader(worker.connection.fileno())
-            with contextlib.suppress(OSError):
-                worker.connection.send_bytes(b"")  # asks the worker to stop
-            worker.connection.close()
+                with contextlib.suppress(OSError):
+                    async with worker.sending:  # asks the worker to stop
+                        await asyncio.get_running_loop().sock_sendall(worker.sock, _FRAME.pack(0))
+            worker.alive = False
+            if worker.reader is not None:
+                worker.reader.cancel()
+                await asyncio.gather(worker.reader, return_exceptions=True)
+            for future in worker.pending.values():
+                if not future.done():
+                    future.set_result(None)
+            worker.sock.close()
         await asyncio.to_thread(self._join)
 
     def _join(self) -> None:
@@ -177,6 +233,17 @@ class ShadowPool:
                 worker.process.kill()
                 worker.process.join()
         self._workers.clear()
+
+
+async def _read_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
+    parts = []
+    while size:
+        chunk = await loop.sock_recv(sock, min(size, 1 << 20))
+        if not chunk:
+            raise EOFError("the worker closed its end")
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
 
 
 def _receive(connection: Connection) -> bytes:
@@ -219,10 +286,16 @@ def _serve(connection: Connection, setup: Setup) -> None:
 
 
 async def _check(engine: QueryEngine, storage: Storage, task: Task) -> Checked:
+    if time.time() > task.start_by_s:
+        return Checked(0.0, skipped=True)  # waited too long behind other checks
     started = time.perf_counter()
     try:
-        groups: Sequence[ResultGroup] = await engine.query_range(storage, task.query)
-    except StorageError as error:
+        groups: Sequence[ResultGroup] = await asyncio.wait_for(
+            engine.query_range(storage, task.query), task.timeout_s
+        )
+    except TimeoutError:
+        return Checked(task.timeout_s, error=f"timed out after {task.timeout_s}s")
+    except Exception as error:  # noqa: BLE001 - any failure of the shadow read is its verdict
         return Checked(time.perf_counter() - started, error=repr(error))
     duration_s = time.perf_counter() - started
     diff = compare_results(
@@ -231,6 +304,7 @@ async def _check(engine: QueryEngine, storage: Storage, task: Task) -> Checked:
         task.stat_names,
         relative_tolerance=task.relative_tolerance,
         newer_than_ms=task.newer_than_ms,
+        step_ms=task.query.step_ms,
     )
     return Checked(duration_s, diff=diff)
 

@@ -283,9 +283,15 @@ def sketches_of_groups(values: FloatArray, starts: Int64Array) -> list[Sketch]:
     unset = np.iinfo(np.int64).max
     lows = np.minimum.reduceat(np.where(positive, indices, unset), starts)
     highs = np.maximum.reduceat(np.where(positive, indices, -unset), starts)
-    widths = np.where(lows == unset, 0, highs - lows + 1)
-    bases = np.cumsum(widths) - widths
+    present = lows != unset
     owner = np.repeat(np.arange(groups), lengths)
+    # At most MAX_BUCKETS per store, as _limit_width keeps them: the lowest
+    # indices fold into the lowest bucket kept, before anything is allocated.
+    floors = np.where(present, highs - (MAX_BUCKETS - 1), 0)
+    lows = np.where(present, np.maximum(lows, floors), 0)
+    indices = np.maximum(indices, floors[owner])
+    widths = np.where(present, highs - lows + 1, 0)
+    bases = np.cumsum(widths) - widths
     slots = (bases - lows)[owner] + indices
     flat = np.bincount(slots[positive], minlength=int(widths.sum())).astype(np.int64, copy=False)
     with_negatives = set(np.flatnonzero(np.maximum.reduceat(negative, starts)).tolist())
@@ -296,9 +302,8 @@ def sketches_of_groups(values: FloatArray, starts: Int64Array) -> list[Sketch]:
         sketch = Sketch()
         sketch.zero_count = zero
         if width:
-            # Views into one array: each store owns a disjoint slice of it.
-            sketch._positive = _Store(low, flat[base : base + width])
-            sketch._positive._limit_width()
+            # A copy: a view would keep the whole request's array alive.
+            sketch._positive = _Store(low, flat[base : base + width].copy())
         if i in with_negatives:
             start = int(starts[i])
             group = slice(start, start + int(lengths[i]))
