@@ -75,6 +75,11 @@ class PartialKey:
     writer: str
     resolution: Resolution = Resolution.MINUTE
 
+    @property
+    def last_minute_ms(self) -> int:
+        """The bucket's last minute: it leaves the retention with it."""
+        return self.minute_ms + self.resolution - Resolution.MINUTE
+
 
 @dataclass(frozen=True, slots=True)
 class Partial:

@@ -208,7 +208,7 @@ class CassandraStorage:
         resolution: Resolution = Resolution.MINUTE,
     ) -> Sequence[Partial]:
         start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
-        found: list[Partial] = []
+        found: list[tuple[int, str, str, Partial]] = []
         series_of: dict[str, SeriesKey] = {}
         if resolution is Resolution.HOUR:
             table, statement, size = schema.HOURLY, self._statements["select_hourly_range"], DAY_MS
@@ -226,16 +226,20 @@ class CassandraStorage:
                     series = series_of.get(labels)
                     if series is None:
                         series = series_of[labels] = SeriesKey(app, metric, decode_labels(labels))
-                    found.append(Partial(series, minute, writer, epoch, dist, resolution))
+                    partial = Partial(series, minute, writer, epoch, dist, resolution)
+                    found.append((minute, labels, writer, partial))
 
             await self._scan(table, statement, params, take)
 
         await _all(read_partition(first) for first in _buckets(start_ms, end_ms, size))
-        return found
+        # Partitions answer in any order; SQLite's order (its primary key),
+        # so sums merged from them agree bit for bit across backends.
+        found.sort(key=lambda row: row[:3])
+        return [row[3] for row in found]
 
     async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:
         cutoff = self._clock.now_ms() - self._retention_ms
-        live = [key for key in keys if key.minute_ms >= cutoff]
+        live = [key for key in keys if key.last_minute_ms >= cutoff]
         if not live:
             return {}
         one_minute, one_hour = self._statements["select_one"], self._statements["select_hourly_one"]

@@ -259,7 +259,7 @@ class DynamoStorage:
         cutoff = self._clock.now_ms() - self._retention_ms
         wanted: dict[Key, list[PartialKey]] = {}
         for key in keys:
-            if key.minute_ms < cutoff or not _addressable(key.series.app, key.writer):
+            if key.last_minute_ms < cutoff or not _addressable(key.series.app, key.writer):
                 continue
             block = _block_key(
                 key.series.app, key.series.metric, key.minute_ms, key.writer, key.resolution

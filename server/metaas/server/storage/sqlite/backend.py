@@ -181,7 +181,9 @@ class SqliteStorage:
             return {}
         cutoff = self._clock.now_ms() - self._retention_ms
         found = await self._run(self._reader_thread, self._select_keys, keys)
-        live = [(k, epoch, blob) for k, (epoch, blob) in found.items() if k.minute_ms >= cutoff]
+        live = [
+            (k, epoch, blob) for k, (epoch, blob) in found.items() if k.last_minute_ms >= cutoff
+        ]
         distributions = await _decode([blob for _, _, blob in live])
         return {
             key: Partial(key.series, key.minute_ms, key.writer, epoch, dist, key.resolution)

@@ -62,27 +62,44 @@ def apply(connection: sqlite3.Connection, codec_config: CodecConfig | None = Non
 
 def _build_hourly(connection: sqlite3.Connection, codec_config: CodecConfig) -> None:
     """Version 1 to 2: derive each writer's hourly rollups from its stored
-    minutes (the epoch of a rollup is the newest of its minutes)."""
+    minutes (the epoch of a rollup is the newest of its minutes). Rows come
+    in key order, so one (app, metric, hour) at a time is held in memory."""
     hour_ms = int(Resolution.HOUR)
-    rollups: dict[tuple[str, str, int, str, str], tuple[int, Distribution]] = {}
+    current: tuple[str, str, int] | None = None
+    rollups: dict[tuple[str, str], tuple[int, Distribution]] = {}  # (labels, writer)
+
+    def write() -> None:
+        if current is None or not rollups:
+            return
+        app, metric, hour = current
+        connection.executemany(
+            "INSERT OR REPLACE INTO hourly "
+            "(app, metric, minute, labels, writer, epoch, distribution) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (app, metric, hour, labels, writer, epoch, encoded(distribution))
+                for (labels, writer), (epoch, distribution) in rollups.items()
+            ],
+        )
+        rollups.clear()
+
+    def encoded(distribution: Distribution) -> bytes:
+        return codec.encode_distribution(distribution, codec_config).data
+
     cursor = connection.execute(
         "SELECT app, metric, minute, labels, writer, epoch, distribution FROM partials "
         "ORDER BY app, metric, minute, labels, writer"
     )
     for app, metric, minute, labels, writer, epoch, blob in cursor:
-        key = (app, metric, minute - minute % hour_ms, labels, writer)
+        bucket = (app, metric, minute - minute % hour_ms)
+        if bucket != current:
+            write()
+            current = bucket
         distribution = codec.decode_distribution(blob)
-        found = rollups.get(key)
+        found = rollups.get((labels, writer))
         if found is None:
-            rollups[key] = (epoch, distribution)
+            rollups[(labels, writer)] = (epoch, distribution)
         else:
             found[1].merge(distribution)
-            rollups[key] = (max(found[0], epoch), found[1])
-    connection.executemany(
-        "INSERT OR REPLACE INTO hourly "
-        "(app, metric, minute, labels, writer, epoch, distribution) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (*key, epoch, codec.encode_distribution(distribution, codec_config).data)
-            for key, (epoch, distribution) in rollups.items()
-        ],
-    )
+            rollups[(labels, writer)] = (max(found[0], epoch), found[1])
+    write()
