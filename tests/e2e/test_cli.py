@@ -139,6 +139,25 @@ def test_demo_generates_traffic_with_progress(server: ServerProcess) -> None:
         assert {s["labels"]["status"] for s in body["series"]} >= {"2xx", "5xx"}  # type: ignore[attr-defined]
 
     eventually(latency_by_status)
+    # --since starts on a multiple of --step, as a dashboard's range does, and
+    # the hour answers the same count as its minutes.
+    by_hour = query_json(
+        server, "--app", "demo-1", "--metric", "router.latency_ms", "--since", "10m",
+        "--step", "1h", "--stats", "count",
+    )  # fmt: skip
+    by_minute = query_json(
+        server, "--app", "demo-1", "--metric", "router.latency_ms", "--since", "2h",
+        "--stats", "count",
+    )  # fmt: skip
+    (hourly,) = by_hour["series"]  # type: ignore[misc]
+    assert all(int(t) % 3_600_000 == 0 for t in hourly["times_ms"])
+    (minutely,) = by_minute["series"]  # type: ignore[misc]
+    since_hour = [
+        count
+        for t, count in zip(minutely["times_ms"], minutely["stats"]["count"], strict=True)
+        if int(t) >= int(hourly["times_ms"][0])
+    ]
+    assert sum(hourly["stats"]["count"]) == sum(since_hour)
     listed = metaas(
         "query",
         "--target",

@@ -20,7 +20,12 @@ from metaas.server.cli._params import DURATION, LABEL_PAIR, TIMESTAMP
 @client_options
 @click.option("--app", required=True)
 @click.option("--metric", required=True)
-@click.option("--since", type=DURATION, default="1h", help="Range ending now, e.g. 30m, 6h, 7d.")
+@click.option(
+    "--since",
+    type=DURATION,
+    default="1h",
+    help="Range ending now, e.g. 30m, 6h, 7d; its start is rounded down to a multiple of --step.",
+)
 @click.option(
     "--start", type=TIMESTAMP, help="Range start (ISO 8601 or Unix ms); overrides --since."
 )
@@ -54,7 +59,10 @@ def query(
     """Query per-step statistics of a metric."""
     end_ms = end if end is not None else time.time_ns() // 1_000_000
     start_ms = start if start is not None else end_ms - since
-    start_ms -= start_ms % 60_000  # buckets on minute boundaries read better
+    # Buckets on multiples of the step, as a dashboard aligns them: they read
+    # better, and whole-hour steps are then answered from hourly rollups.
+    aligned = start is None and step > 0 and step % 60_000 == 0
+    start_ms -= start_ms % (step if aligned else 60_000)
     names = [s.strip() for s in stats.split(",") if s.strip()]
     try:
         with connection.open() as client:
