@@ -111,13 +111,21 @@ async def test_checks_beyond_the_queue_bound_are_shed(pool) -> None:  # type: ig
     assert await shadow.check(_task(Role.OLD, query, served)) is not None
 
 
-async def test_a_dead_worker_means_skipped_checks_not_mismatches(pool) -> None:  # type: ignore[no-untyped-def]
+async def test_a_dead_worker_means_skipped_checks_until_it_is_replaced(pool) -> None:  # type: ignore[no-untyped-def]
     shadow, query, served = pool
     (worker,) = shadow._workers
     worker.process.kill()
     worker.process.join()
     await asyncio.sleep(0.2)  # the server notices the closed socket
     assert await shadow.check(_task(Role.OLD, query, served)) is None
+    # A new worker takes its place (after a second), and checks resume.
+    deadline = time.monotonic() + 60
+    while shadow._workers[0] is worker or not shadow._workers[0].alive:
+        assert time.monotonic() < deadline, "no new worker"
+        await asyncio.sleep(0.2)
+    verdict = await shadow.check(_task(Role.OLD, query, served))
+    assert verdict is not None
+    assert verdict.diff == ()
 
 
 async def test_a_task_that_waited_past_its_deadline_is_skipped(pool) -> None:  # type: ignore[no-untyped-def]

@@ -17,8 +17,9 @@ lower CPU priority.
 Checking is best effort and never slows or fails an answer. A check is
 *skipped* (counted, but neither consistent nor a mismatch) when every worker
 already has ``MAX_QUEUED`` tasks, when the served answer holds more than
-``MAX_TASK_VALUES`` values, when a task waited in the queue past its deadline, or when
-no worker is alive. A shadow read that fails or takes longer than the shadow
+``MAX_TASK_VALUES`` values, when a task waited in the queue past its
+deadline, or when no worker is alive (a worker that stops is restarted,
+with backoff). A shadow read that fails or takes longer than the shadow
 timeout is an error verdict, as it is on the serving loop.
 
 What changes with workers: the shadow backend's per-call spans and metrics
@@ -54,6 +55,10 @@ log = logging.getLogger(__name__)
 _START_TIMEOUT_S = 120.0
 # Added to the workers' nice value (lower CPU priority than the server).
 _NICENESS = 10
+# A worker that stopped is restarted after this, then after twice as long
+# each time it fails to start, up to the maximum.
+_RESPAWN_FIRST_S = 1.0
+_RESPAWN_MAX_S = 60.0
 # Tasks a worker may have queued; beyond it checks are skipped.
 MAX_QUEUED = 32
 # A served answer with more values than this is not sent to a worker (about
@@ -113,38 +118,17 @@ class ShadowPool:
         self._size = workers
         self._workers: list[_Worker] = []
         self._ids = itertools.count()
+        self._context = multiprocessing.get_context("spawn")  # nothing inherited
+        self._respawning: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     async def start(self) -> None:
         """Start every worker and wait until each has opened its backends, so
         no shadow read waits for a process to start."""
-        context = multiprocessing.get_context("spawn")  # nothing inherited
-        loop = asyncio.get_running_loop()
-        started: list[tuple[BaseProcess, Connection]] = []
-        for index in range(self._size):
-            mine, theirs = context.Pipe()
-            process = context.Process(
-                target=_serve,
-                args=(theirs, self._setup),
-                name=f"metaas-shadow-{index}",
-                daemon=True,
-            )
-            process.start()
-            theirs.close()
-            started.append((process, mine))
+        started = [self._spawn(index) for index in range(self._size)]
         try:
             for spawned, connection in started:
-                ready = await asyncio.wait_for(
-                    loop.run_in_executor(None, _receive, connection), _START_TIMEOUT_S
-                )
-                if ready != b"ready":
-                    raise RuntimeError(
-                        f"shadow worker failed to start: {ready.decode(errors='replace')}"
-                    )
-                sock = socket.socket(fileno=os.dup(connection.fileno()))
-                sock.setblocking(False)
-                worker = _Worker(spawned, sock)
-                worker.reader = asyncio.create_task(self._read_verdicts(worker))
-                self._workers.append(worker)
+                self._workers.append(await self._attach(spawned, connection))
         except BaseException:
             for spawned, _ in started:
                 spawned.kill()
@@ -153,6 +137,50 @@ class ShadowPool:
             for _, connection in started:
                 connection.close()
         log.info("%d shadow worker process(es) ready", self._size)
+
+    def _spawn(self, index: int) -> tuple[BaseProcess, Connection]:
+        mine, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=_serve, args=(theirs, self._setup), name=f"metaas-shadow-{index}", daemon=True
+        )
+        process.start()
+        theirs.close()
+        return process, mine
+
+    async def _attach(self, process: BaseProcess, connection: Connection) -> _Worker:
+        """The worker, once it has opened its backends."""
+        loop = asyncio.get_running_loop()
+        ready = await asyncio.wait_for(
+            loop.run_in_executor(None, _receive, connection), _START_TIMEOUT_S
+        )
+        if ready != b"ready":
+            raise RuntimeError(f"shadow worker failed to start: {ready.decode(errors='replace')}")
+        sock = socket.socket(fileno=os.dup(connection.fileno()))
+        sock.setblocking(False)
+        worker = _Worker(process, sock)
+        worker.reader = asyncio.create_task(self._read_verdicts(worker))
+        return worker
+
+    async def _replace(self, dead: _Worker) -> None:
+        """Start a new worker in place of ``dead``, retrying with backoff."""
+        index = next(i for i, worker in enumerate(self._workers) if worker is dead)
+        delay_s = _RESPAWN_FIRST_S
+        while not self._closing:
+            await asyncio.sleep(delay_s)
+            process, connection = self._spawn(index)
+            try:
+                worker = await self._attach(process, connection)
+            except (RuntimeError, TimeoutError, OSError) as error:
+                process.kill()
+                log.error("shadow worker %d did not restart (%s); retrying", index, error)
+                delay_s = min(2 * delay_s, _RESPAWN_MAX_S)
+                continue
+            finally:
+                connection.close()
+            dead.sock.close()
+            self._workers[index] = worker
+            log.info("shadow worker %d restarted", index)
+            return
 
     async def check(self, task: Task) -> Checked | None:
         """The worker's verdict on ``task``, or None when it was skipped (see
@@ -198,12 +226,15 @@ class ShadowPool:
             self._lost(worker, error)
 
     def _lost(self, worker: _Worker, error: BaseException) -> None:
-        if worker.alive:
+        if worker.alive and not self._closing:
             log.error(
-                "shadow worker %s stopped (%r): its checks are skipped from now on",
+                "shadow worker %s stopped (%r): its checks are skipped until it restarts",
                 worker.process.name,
                 error,
             )
+            task = asyncio.create_task(self._replace(worker))
+            self._respawning.add(task)
+            task.add_done_callback(self._respawning.discard)
         worker.alive = False
         for future in worker.pending.values():
             if not future.done():
@@ -211,6 +242,10 @@ class ShadowPool:
         worker.pending.clear()
 
     async def close(self) -> None:
+        self._closing = True
+        for task in list(self._respawning):
+            task.cancel()
+        await asyncio.gather(*self._respawning, return_exceptions=True)
         for worker in self._workers:
             if worker.alive:
                 with contextlib.suppress(OSError):
