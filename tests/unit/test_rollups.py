@@ -167,6 +167,13 @@ def test_plan_reads_covers_the_range_exactly_once() -> None:
     ]
     short = query(hour, hour + 50 * MINUTE, 2 * HOUR)
     assert plan_reads(short, hour) == [(hour, hour + 50 * MINUTE, Resolution.MINUTE)]
+    # Before --rollups-from (data stored before rollups existed), minutes.
+    week = query(hour - 10 * HOUR, hour, 2 * HOUR)
+    assert sorted(plan_reads(week, hour - 10 * HOUR, hour - 3 * HOUR - MINUTE)) == [
+        (hour - 10 * HOUR, hour - 3 * HOUR, Resolution.MINUTE),
+        (hour - 3 * HOUR, hour, Resolution.HOUR),
+    ]
+    assert plan_reads(week, hour - 10 * HOUR, hour) == [(hour - 10 * HOUR, hour, Resolution.MINUTE)]
 
 
 def test_aggregator_keeps_each_hour_as_the_merge_of_its_minutes() -> None:

@@ -61,7 +61,12 @@ async def _shadow_pool(
         yield None
         return
     urls = {Role.OLD: settings.storage_url, Role.NEW: migration.target_url}
-    setup = setup_of(urls, retention_ms=settings.retention.retention_ms, codec=settings.codec)
+    setup = setup_of(
+        urls,
+        retention_ms=settings.retention.retention_ms,
+        codec=settings.codec,
+        rollups_from_ms=settings.query.rollups_from_ms,
+    )
     pool = ShadowPool(setup, workers=migration.shadow_workers)
     try:
         await pool.start()
@@ -118,7 +123,11 @@ async def serve(
             router = MigrationRouter(
                 backends[Role.OLD],
                 backends.get(Role.NEW),
-                engine=QueryEngine(retention_ms=retention_ms, clock=clock),
+                engine=QueryEngine(
+                    retention_ms=retention_ms,
+                    clock=clock,
+                    rollups_from_ms=settings.query.rollups_from_ms,
+                ),
                 flags=(
                     open_flags(migration.flags_file, migration.flags_provider, telemetry)
                     if migration.enabled

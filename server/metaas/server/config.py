@@ -123,6 +123,18 @@ class IngestConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QueryConfig:
+    # Hours starting before this are read from minutes, never from hourly
+    # rollups: for data stored before rollups existed and not yet rebuilt
+    # (`metaas rollups rebuild`). 0: every hour has its rollup.
+    rollups_from_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rollups_from_ms < 0:
+            raise ConfigError("METAAS_ROLLUPS_FROM / --rollups-from", self.rollups_from_ms, ">= 0")
+
+
+@dataclass(frozen=True, slots=True)
 class RetentionConfig:
     days: int = 30
 
@@ -233,6 +245,7 @@ class Settings:
     server: ServerConfig = field(default_factory=ServerConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)

@@ -21,6 +21,7 @@ from metaas.server.config import (
     IngestConfig,
     LimitsConfig,
     MigrationConfig,
+    QueryConfig,
     RetentionConfig,
     SecurityConfig,
     ServerConfig,
@@ -131,6 +132,14 @@ def main() -> None:
     type=float,
     default=_DEFAULTS.migration.shadow_timeout_s,
     help="Longest wait for a shadow read. [env METAAS_SHADOW_TIMEOUT_S]",
+)
+@click.option(
+    "--rollups-from",
+    envvar="METAAS_ROLLUPS_FROM",
+    type=TIMESTAMP,
+    help="Hours before this time (ISO 8601 or Unix ms) are read from minutes, not "
+    "hourly rollups: for data stored before rollups existed, until `metaas rollups "
+    "rebuild` has run for every app. [env METAAS_ROLLUPS_FROM]",
 )
 @click.option(
     "--shadow-workers",
@@ -251,6 +260,7 @@ def serve(
     flags: Path | None,
     flags_provider: str | None,
     shadow_timeout_s: float,
+    rollups_from: int | None,
     shadow_workers: int,
     compare_tolerance: float,
     compare_ignore_newest_minutes: int,
@@ -288,6 +298,7 @@ def serve(
             ),
             limits=LimitsConfig(max_inflight_requests=max_inflight_requests),
             retention=RetentionConfig(days=retention_days),
+            query=QueryConfig(rollups_from_ms=rollups_from or 0),
             codec=CodecConfig(compression, compression_threshold_bytes),
             security=SecurityConfig(tls_cert, tls_key, tls_client_ca, auth_tokens, insecure),
             migration=MigrationConfig(

@@ -73,6 +73,7 @@ class Setup:
     urls: dict[str, str]  # role -> storage URL
     retention_ms: int
     codec: CodecConfig
+    rollups_from_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +299,11 @@ def _serve(connection: Connection, setup: Setup) -> None:
         os.nice(_NICENESS)
     loop = asyncio.new_event_loop()
     context = StorageContext(setup.retention_ms, codec=setup.codec)
-    engine = QueryEngine(retention_ms=setup.retention_ms, clock=context.clock)
+    engine = QueryEngine(
+        retention_ms=setup.retention_ms,
+        clock=context.clock,
+        rollups_from_ms=setup.rollups_from_ms,
+    )
     storages: dict[str, Storage] = {}
     try:
         for role, url in setup.urls.items():
@@ -344,5 +349,9 @@ async def _check(engine: QueryEngine, storage: Storage, task: Task) -> Checked:
     return Checked(duration_s, diff=diff)
 
 
-def setup_of(urls: Mapping[Role, str], *, retention_ms: int, codec: CodecConfig) -> Setup:
-    return Setup({role.value: url for role, url in urls.items()}, retention_ms, codec)
+def setup_of(
+    urls: Mapping[Role, str], *, retention_ms: int, codec: CodecConfig, rollups_from_ms: int = 0
+) -> Setup:
+    return Setup(
+        {role.value: url for role, url in urls.items()}, retention_ms, codec, rollups_from_ms
+    )

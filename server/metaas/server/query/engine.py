@@ -44,9 +44,10 @@ class ResultGroup:
 
 
 class QueryEngine:
-    def __init__(self, *, retention_ms: int, clock: Clock) -> None:
+    def __init__(self, *, retention_ms: int, clock: Clock, rollups_from_ms: int = 0) -> None:
         self._retention_ms = retention_ms
         self._clock = clock
+        self._rollups_from_ms = rollups_from_ms
 
     async def query_range(self, reader: PartialReader, query: RangeQuery) -> list[ResultGroup]:
         """Groups sorted by labels; each with the buckets that have data."""
@@ -56,7 +57,7 @@ class QueryEngine:
         reads = await asyncio.gather(
             *(
                 reader.read_partials(query.app, query.metric, first, end, resolution)
-                for first, end, resolution in plan_reads(query, start)
+                for first, end, resolution in plan_reads(query, start, self._rollups_from_ms)
             )
         )
         partials: list[Partial] = [p for read in reads for p in read]
@@ -82,15 +83,18 @@ class QueryEngine:
         return [_result(group, by_time, query.stats) for group, by_time in sorted(members.items())]
 
 
-def plan_reads(query: RangeQuery, start_ms: int) -> list[tuple[int, int, Resolution]]:
+def plan_reads(
+    query: RangeQuery, start_ms: int, rollups_from_ms: int = 0
+) -> list[tuple[int, int, Resolution]]:
     """The reads that cover ``[start_ms, query.end_ms)``: ``(start, end,
     resolution)``. Hours are used where every bucket is a whole number of
-    hours, so no hour straddles two buckets."""
+    hours, so no hour straddles two buckets, and only from
+    ``rollups_from_ms`` on."""
     hour, minute = Resolution.HOUR, Resolution.MINUTE
     end_ms = query.end_ms
     if query.start_ms % hour or query.step_ms % hour:
         return [(start_ms, end_ms, minute)]
-    first_hour, end_hour = hour.ceil(start_ms), hour.floor(end_ms)
+    first_hour, end_hour = hour.ceil(max(start_ms, rollups_from_ms)), hour.floor(end_ms)
     if first_hour >= end_hour:
         return [(start_ms, end_ms, minute)]
     reads = [(first_hour, end_hour, hour)]

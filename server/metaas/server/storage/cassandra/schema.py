@@ -154,8 +154,9 @@ async def apply(session: CqlSession, config: CassandraConfig, retention_ms: int)
             if table == HOURLY and PARTIALS in tables:
                 done.append(
                     "minutes stored before schema version 2 have no hourly rollups, which "
-                    "queries on whole hours read: build them with `metaas rollups rebuild "
-                    "--storage URL --app APP` for each app"
+                    "queries on whole hours read: serve with --rollups-from set to now "
+                    "until `metaas rollups rebuild --storage URL --app APP` has run for "
+                    "each app"
                 )
             continue
         if table == VERSIONS:
