@@ -240,21 +240,22 @@ class Sketch:
         version, zero_count = _HEADER.unpack_from(data, offset)
         if version != _ENCODING_VERSION:
             raise ValueError(f"unknown sketch encoding version {version}")
-        sketch = cls()
+        sketch = cls.__new__(cls)  # both stores are set below
         sketch.zero_count = zero_count
         position = offset + _HEADER.size
         stores = []
         for _ in range(2):
-            offset, length, width = _STORE.unpack_from(data, position)
+            start, length, width = _STORE.unpack_from(data, position)
             position += _STORE.size
             if length == 0:
-                stores.append(_Store(offset))
+                stores.append(_Store(start))
                 continue
-            if width not in _COUNT_TYPES:
+            count_type = _COUNT_TYPES.get(width)
+            if count_type is None:
                 raise ValueError(f"bad sketch count width {width}")
-            raw = np.frombuffer(data, _COUNT_TYPES[width], count=length, offset=position)
+            raw = np.frombuffer(data, count_type, count=length, offset=position)
             position += length * width
-            stores.append(_Store(offset, raw.astype(np.int64)))
+            stores.append(_Store(start, raw.astype(np.int64)))
         sketch._positive, sketch._negative = stores
         return sketch
 
