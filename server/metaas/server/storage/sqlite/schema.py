@@ -6,9 +6,9 @@ import sqlite3
 from typing import Final
 
 from metaas.server.config import CodecConfig
-from metaas.server.model import Resolution
-from metaas.server.sketch import Distribution
+from metaas.server.model import Partial, Resolution, SeriesKey, decode_labels
 from metaas.server.storage import codec
+from metaas.server.storage.rollups import rollups_of
 
 # 2: hourly rollups (the table ``hourly``).
 SCHEMA_VERSION: Final = 2
@@ -62,44 +62,40 @@ def apply(connection: sqlite3.Connection, codec_config: CodecConfig | None = Non
 
 def _build_hourly(connection: sqlite3.Connection, codec_config: CodecConfig) -> None:
     """Version 1 to 2: derive each writer's hourly rollups from its stored
-    minutes (the epoch of a rollup is the newest of its minutes). Rows come
-    in key order, so one (app, metric, hour) at a time is held in memory."""
-    hour_ms = int(Resolution.HOUR)
+    minutes (``rollups.rollups_of``). Rows come in key order, so one
+    (app, metric, hour) at a time is held in memory."""
     current: tuple[str, str, int] | None = None
-    rollups: dict[tuple[str, str], tuple[int, Distribution]] = {}  # (labels, writer)
+    minutes: list[Partial] = []
 
     def write() -> None:
-        if current is None or not rollups:
-            return
-        app, metric, hour = current
         connection.executemany(
             "INSERT OR REPLACE INTO hourly "
             "(app, metric, minute, labels, writer, epoch, distribution) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (app, metric, hour, labels, writer, epoch, encoded(distribution))
-                for (labels, writer), (epoch, distribution) in rollups.items()
+                (
+                    p.series.app,
+                    p.series.metric,
+                    p.minute_ms,
+                    p.series.labels_key,
+                    p.writer,
+                    p.epoch,
+                    codec.encode_distribution(p.distribution, codec_config).data,
+                )
+                for p in rollups_of(minutes)
             ],
         )
-        rollups.clear()
-
-    def encoded(distribution: Distribution) -> bytes:
-        return codec.encode_distribution(distribution, codec_config).data
+        minutes.clear()
 
     cursor = connection.execute(
         "SELECT app, metric, minute, labels, writer, epoch, distribution FROM partials "
         "ORDER BY app, metric, minute, labels, writer"
     )
     for app, metric, minute, labels, writer, epoch, blob in cursor:
-        bucket = (app, metric, minute - minute % hour_ms)
+        bucket = (app, metric, Resolution.HOUR.floor(minute))
         if bucket != current:
             write()
             current = bucket
-        distribution = codec.decode_distribution(blob)
-        found = rollups.get((labels, writer))
-        if found is None:
-            rollups[(labels, writer)] = (epoch, distribution)
-        else:
-            found[1].merge(distribution)
-            rollups[(labels, writer)] = (max(found[0], epoch), found[1])
+        series = SeriesKey(app, metric, decode_labels(labels))
+        minutes.append(Partial(series, minute, writer, epoch, codec.decode_distribution(blob)))
     write()
