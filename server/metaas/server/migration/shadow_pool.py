@@ -165,6 +165,7 @@ class ShadowPool:
     async def _replace(self, dead: _Worker) -> None:
         """Start a new worker in place of ``dead``, retrying with backoff."""
         index = next(i for i, worker in enumerate(self._workers) if worker is dead)
+        await asyncio.to_thread(_reap, dead.process)
         delay_s = _RESPAWN_FIRST_S
         while not self._closing:
             await asyncio.sleep(delay_s)
@@ -237,10 +238,7 @@ class ShadowPool:
             self._respawning.add(task)
             task.add_done_callback(self._respawning.discard)
         worker.alive = False
-        for future in worker.pending.values():
-            if not future.done():
-                future.set_result(None)
-        worker.pending.clear()
+        _abandon(worker)
 
     async def close(self) -> None:
         self._closing = True
@@ -256,19 +254,30 @@ class ShadowPool:
             if worker.reader is not None:
                 worker.reader.cancel()
                 await asyncio.gather(worker.reader, return_exceptions=True)
-            for future in worker.pending.values():
-                if not future.done():
-                    future.set_result(None)
+            _abandon(worker)
             worker.sock.close()
         await asyncio.to_thread(self._join)
 
     def _join(self) -> None:
         for worker in self._workers:
-            worker.process.join(timeout=10)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
+            _reap(worker.process, timeout_s=10)
         self._workers.clear()
+
+
+def _reap(process: BaseProcess, timeout_s: float = 1.0) -> None:
+    """Wait for the process to end (killing it after ``timeout_s``)."""
+    process.join(timeout=timeout_s)
+    if process.is_alive():
+        process.kill()
+        process.join()
+
+
+def _abandon(worker: _Worker) -> None:
+    """Its queued checks are skipped: they will get no verdict."""
+    for future in worker.pending.values():
+        if not future.done():
+            future.set_result(None)
+    worker.pending.clear()
 
 
 async def _read_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
