@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from metaas.server.config import MigrationConfig
 from metaas.server.migration.flags import FixedFlags
 from metaas.server.migration.router import MigrationRouter
 from metaas.server.migration.stages import Stage
-from metaas.server.model import Partial, SeriesKey
+from metaas.server.model import Partial, Resolution, SeriesKey
 from metaas.server.query import QueryEngine, RangeQuery, parse_stat
 from metaas.server.sketch import Distribution
 from metaas.server.storage import Storage, StorageContext, Unavailable, open_storage
@@ -270,3 +271,37 @@ async def test_overload_answers_resource_exhausted_with_retry_info(
             assert (await stub.QueryRange(request, timeout=5)).series  # recovers by itself
     finally:
         await server.stop(None)
+
+
+async def test_a_bucket_holding_the_newest_minutes_is_not_compared(
+    backends: tuple[Storage, Faulty],
+) -> None:
+    """With hour steps, the current hour's bucket holds minutes both sides
+    may still be catching up on: a difference there is not a mismatch, one in
+    an earlier hour is."""
+    old, new = backends
+    hour = 60 * MINUTE
+
+    def both(minute: Partial) -> list[Partial]:
+        """The minute and the hourly rollup holding it (whole-hour steps read rollups)."""
+        start = minute.minute_ms - minute.minute_ms % hour
+        rollup = dataclasses.replace(minute, minute_ms=start, resolution=Resolution.HOUR)
+        return [minute, rollup]
+
+    assert NOW % hour == 0  # the last bucket, [NOW - 1 h, NOW), ends now
+    series = SeriesKey.of("app", "m")
+    one = Distribution.from_values(np.array([5.0]))
+    # Only on the old side, in the last bucket: it started before the newest
+    # minutes but holds them, so it is not compared.
+    await old.write_partials(both(Partial(series, NOW - 30 * MINUTE, "w", 1, one)))
+    r = router(old, new, Stage.SHADOW, ignore_newest_minutes=2)
+    hourly = dataclasses.replace(QUERY, start_ms=NOW - 3 * hour, step_ms=hour)
+    routed = await r.query_range(hourly)
+    assert routed.comparison is not None
+    comparison = await routed.comparison
+    assert comparison.consistent, comparison.diff
+    await old.write_partials(both(Partial(series, NOW - 90 * MINUTE, "w", 1, one)))
+    routed = await r.query_range(hourly)
+    assert routed.comparison is not None
+    comparison = await routed.comparison
+    assert not comparison.consistent

@@ -212,16 +212,10 @@ class MigrationRouter:
         if checked is None:  # skipped (see shadow_pool): neither consistent nor a mismatch
             self._skipped.add(1, {"stage": stage.value})
             return None
-        if checked.error is not None:
-            diff: tuple[str, ...] = (f"shadow failed: {checked.error}",)
-        else:
-            diff = checked.diff
         candidate = Observation(
             role.value, self.backend_name(role), checked.duration_s, error=checked.error
         )
-        comparison = Comparison(
-            query.app, query.metric, stage.value, now, primary, candidate, not diff, diff
-        )
+        comparison = _comparison(query, stage, now, primary, candidate, checked.diff)
         self._publish(comparison)
         self._check_guard(query.app, stage)
         return comparison
@@ -266,26 +260,17 @@ class MigrationRouter:
         self, query: RangeQuery, stage: Stage, primary: Observation, candidate: Observation
     ) -> Comparison:
         now = self._clock.now_ms()
-        if candidate.error is not None or candidate.value is None or primary.value is None:
-            diff: tuple[str, ...] = (f"shadow failed: {candidate.error}",)
-        else:
+        diff: tuple[str, ...] = ()
+        if candidate.error is None and candidate.value is not None and primary.value is not None:
             diff = compare_results(
                 primary.value,
                 candidate.value,
                 [s.name for s in query.stats],
                 relative_tolerance=self.config.relative_tolerance,
                 newer_than_ms=self._newer_than_ms(now),
+                step_ms=query.step_ms,
             )
-        return Comparison(
-            query.app,
-            query.metric,
-            stage.value,
-            now,
-            primary,
-            candidate,
-            consistent=not diff,
-            diff=diff,
-        )
+        return _comparison(query, stage, now, primary, candidate, diff)
 
     def _newer_than_ms(self, now_ms: int) -> int:
         """Buckets from here on are not compared (both sides may lag)."""
@@ -338,6 +323,22 @@ class MigrationRouter:
         log.warning(
             "reads for app %s fall back to the old backend until its stage changes: %s", app, reason
         )
+
+
+def _comparison(
+    query: RangeQuery,
+    stage: Stage,
+    now_ms: int,
+    primary: Observation,
+    candidate: Observation,
+    diff: tuple[str, ...],
+) -> Comparison:
+    """The comparison of two reads; a failed shadow read is a difference."""
+    if candidate.error is not None:
+        diff = (f"shadow failed: {candidate.error}",)
+    return Comparison(
+        query.app, query.metric, stage.value, now_ms, primary, candidate, not diff, diff
+    )
 
 
 def _cancel(task: asyncio.Task[Observation] | None) -> None:
