@@ -29,9 +29,13 @@ class ServerConfig:
     reflection: bool = True
     # Seconds SIGTERM waits for in-flight RPCs before the final flush.
     shutdown_grace_s: float = 10.0
-    # gRPC transport cap; requests up to it get a field-level error when they
-    # break the (smaller) per-request limits below.
-    max_receive_message_bytes: int = 64 * 1024 * 1024
+    # gRPC transport cap on a received message: gRPC refuses larger ones with
+    # RESOURCE_EXHAUSTED before reading them whole. Just above the
+    # per-request limit (LimitsConfig.max_request_bytes), so requests a little
+    # over that limit still get a field-level error.
+    max_receive_message_bytes: int = 17 * 1024 * 1024
+    # Responses (a query's result) may be larger than requests.
+    max_send_message_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         host, _, port = self.listen.rpartition(":")
@@ -97,7 +101,10 @@ class IngestConfig:
     flush_interval_s: float = 10.0
     # How long a request's idempotency key is remembered (it survives restarts).
     idempotency_window_s: float = 600.0
-    max_idempotency_keys: int = 100_000
+    # Memory for remembered keys (key, caller, fingerprint and answer). When
+    # full, new keyed writes are refused with RESOURCE_EXHAUSTED; a key is
+    # never forgotten before its window ends.
+    idempotency_max_bytes: int = 64 * 1024 * 1024
     # Minutes older than this (by sample time) leave memory after their flush;
     # a late sample for them is merged into the stored row instead.
     hot_minutes: int = 3
@@ -116,8 +123,12 @@ class IngestConfig:
             )
         if self.idempotency_window_s <= 0:
             raise ConfigError("idempotency window", self.idempotency_window_s, "seconds > 0")
-        if self.max_idempotency_keys < 1:
-            raise ConfigError("max idempotency keys", self.max_idempotency_keys, "an integer >= 1")
+        if self.idempotency_max_bytes < 1024:
+            raise ConfigError(
+                "METAAS_IDEMPOTENCY_MAX_BYTES / --idempotency-max-bytes",
+                self.idempotency_max_bytes,
+                "bytes >= 1024",
+            )
         if self.hot_minutes < 1:
             raise ConfigError("hot minutes", self.hot_minutes, "an integer >= 1")
 
@@ -161,8 +172,41 @@ class LimitsConfig:
     max_idempotency_key_length: int = 128
     future_tolerance_ms: int = 5 * 60_000
     max_points_per_series: int = 11_000
+    # Stats one query may ask for, and values (buckets x stats x groups) one
+    # answer may hold; both are checked before anything is computed.
+    max_stats: int = 32
+    max_result_values: int = 2_000_000
     # Concurrent RPCs past this get RESOURCE_EXHAUSTED with a retry hint.
     max_inflight_requests: int = 512
+    # The share of max_inflight_requests one caller (token, certificate or,
+    # without authentication, anyone) may hold, so one tenant cannot lock
+    # out the others.
+    max_inflight_per_caller: int = 128
+    # Request bytes received and not yet answered, over all RPCs: past it a
+    # message is refused before it is parsed.
+    max_inflight_bytes: int = 256 * 1024 * 1024
+    # A WriteStream with no message for this long is ended.
+    stream_idle_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_inflight_per_caller < 1:
+            raise ConfigError(
+                "METAAS_MAX_INFLIGHT_PER_CALLER / --max-inflight-per-caller",
+                self.max_inflight_per_caller,
+                "an integer >= 1",
+            )
+        if self.max_inflight_bytes < self.max_request_bytes:
+            raise ConfigError(
+                "METAAS_MAX_INFLIGHT_BYTES / --max-inflight-bytes",
+                self.max_inflight_bytes,
+                f"bytes >= the largest request ({self.max_request_bytes})",
+            )
+        if not 0 < self.stream_idle_timeout_s <= 86_400:
+            raise ConfigError(
+                "METAAS_STREAM_IDLE_TIMEOUT_S / --stream-idle-timeout-s",
+                self.stream_idle_timeout_s,
+                "seconds in (0, 86400]",
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ class Api:
             interceptors=[MalformedRequestInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", config.max_receive_message_bytes),
-                ("grpc.max_send_message_length", config.max_receive_message_bytes),
+                ("grpc.max_send_message_length", config.max_send_message_bytes),
             ],
         )
         ingest_pb2_grpc.add_MetricsIngestServicer_to_server(ingest, self.server)

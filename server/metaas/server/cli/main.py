@@ -81,6 +81,14 @@ def main() -> None:
     help="How long idempotency keys are remembered. [env METAAS_IDEMPOTENCY_WINDOW_S]",
 )
 @click.option(
+    "--idempotency-max-bytes",
+    envvar="METAAS_IDEMPOTENCY_MAX_BYTES",
+    type=int,
+    default=_DEFAULTS.ingest.idempotency_max_bytes,
+    help="Memory for remembered idempotency keys; when full, new keyed writes get "
+    "RESOURCE_EXHAUSTED. [env METAAS_IDEMPOTENCY_MAX_BYTES]",
+)
+@click.option(
     "--shutdown-grace-s",
     envvar="METAAS_SHUTDOWN_GRACE_S",
     type=float,
@@ -99,6 +107,30 @@ def main() -> None:
     type=click.IntRange(1, 1_000_000),
     default=_DEFAULTS.limits.max_inflight_requests,
     help="Concurrent RPCs before RESOURCE_EXHAUSTED. [env METAAS_MAX_INFLIGHT_REQUESTS]",
+)
+@click.option(
+    "--max-inflight-per-caller",
+    envvar="METAAS_MAX_INFLIGHT_PER_CALLER",
+    type=int,
+    default=_DEFAULTS.limits.max_inflight_per_caller,
+    help="Concurrent RPCs one caller (token or certificate) may hold. "
+    "[env METAAS_MAX_INFLIGHT_PER_CALLER]",
+)
+@click.option(
+    "--max-inflight-bytes",
+    envvar="METAAS_MAX_INFLIGHT_BYTES",
+    type=int,
+    default=_DEFAULTS.limits.max_inflight_bytes,
+    help="Request bytes held at once over all RPCs; past it, messages are refused "
+    "before they are parsed. [env METAAS_MAX_INFLIGHT_BYTES]",
+)
+@click.option(
+    "--stream-idle-timeout-s",
+    envvar="METAAS_STREAM_IDLE_TIMEOUT_S",
+    type=float,
+    default=_DEFAULTS.limits.stream_idle_timeout_s,
+    help="A WriteStream with no message for this long is ended. "
+    "[env METAAS_STREAM_IDLE_TIMEOUT_S]",
 )
 @click.option(
     "--max-backlog-bytes",
@@ -252,9 +284,13 @@ def serve(
     flush_interval_s: float,
     retention_days: int,
     idempotency_window_s: float,
+    idempotency_max_bytes: int,
     shutdown_grace_s: float,
     reflection: bool,
     max_inflight_requests: int,
+    max_inflight_per_caller: int,
+    max_inflight_bytes: int,
+    stream_idle_timeout_s: float,
     max_backlog_bytes: int,
     migration_target: str | None,
     flags: Path | None,
@@ -294,9 +330,15 @@ def serve(
                 wal_dir=wal_dir,
                 flush_interval_s=flush_interval_s,
                 idempotency_window_s=idempotency_window_s,
+                idempotency_max_bytes=idempotency_max_bytes,
                 max_backlog_bytes=max_backlog_bytes,
             ),
-            limits=LimitsConfig(max_inflight_requests=max_inflight_requests),
+            limits=LimitsConfig(
+                max_inflight_requests=max_inflight_requests,
+                max_inflight_per_caller=max_inflight_per_caller,
+                max_inflight_bytes=max_inflight_bytes,
+                stream_idle_timeout_s=stream_idle_timeout_s,
+            ),
             retention=RetentionConfig(days=retention_days),
             query=QueryConfig(rollups_from_ms=rollups_from or 0),
             codec=CodecConfig(compression, compression_threshold_bytes),

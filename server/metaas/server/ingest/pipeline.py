@@ -66,7 +66,7 @@ class IngestPipeline:
         self.generation = secrets.token_hex(8)
         self._aggregator = Aggregator(hot_minutes=config.hot_minutes)
         self._keys = IdempotencyKeys(
-            int(config.idempotency_window_s * 1000), config.max_idempotency_keys, clock
+            int(config.idempotency_window_s * 1000), 100_000, clock
         )
         self._wal = WriteAheadLog(config.wal_dir, self.generation, fsync=config.fsync)
         self._delivery = Delivery(targets, on_complete=self._segment_stored, telemetry=telemetry)
