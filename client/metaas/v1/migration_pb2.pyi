@@ -60,6 +60,7 @@ class GetMigrationStatusResponse(_message.Message):
     RECENT_MISMATCHES_FIELD_NUMBER: _builtins.int
     FALLBACKS_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    INGEST_PROBLEMS_FIELD_NUMBER: _builtins.int
     migration_enabled: _builtins.bool
     old_backend: _builtins.str
     new_backend: _builtins.str
@@ -79,6 +80,13 @@ class GetMigrationStatusResponse(_message.Message):
     def fallbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Fallback]: ...
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryPoint]: ...
+    @_builtins.property
+    def ingest_problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ingest steps failing now, one line each (storing on a backend, deleting
+        stored write-ahead log segments, a restarted worker); empty when all is
+        well. Acknowledged data is safe in the write-ahead log meanwhile.
+        """
+
     def __init__(
         self,
         *,
@@ -96,10 +104,11 @@ class GetMigrationStatusResponse(_message.Message):
         recent_mismatches: _abc.Iterable[Global___MismatchSample] | None = ...,
         fallbacks: _abc.Iterable[Global___Fallback] | None = ...,
         history: _abc.Iterable[Global___HistoryPoint] | None = ...,
+        ingest_problems: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "backends", b"backends", "check_ratio", b"check_ratio", "comparisons", b"comparisons", "fallbacks", b"fallbacks", "flags", b"flags", "history", b"history", "migration_enabled", b"migration_enabled", "mismatches", b"mismatches", "new_backend", b"new_backend", "old_backend", b"old_backend", "recent_mismatches", b"recent_mismatches", "stage", b"stage", "window_seconds", b"window_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "backends", b"backends", "check_ratio", b"check_ratio", "comparisons", b"comparisons", "fallbacks", b"fallbacks", "flags", b"flags", "history", b"history", "ingest_problems", b"ingest_problems", "migration_enabled", b"migration_enabled", "mismatches", b"mismatches", "new_backend", b"new_backend", "old_backend", b"old_backend", "recent_mismatches", b"recent_mismatches", "stage", b"stage", "window_seconds", b"window_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

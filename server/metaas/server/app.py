@@ -170,7 +170,13 @@ async def _serve_api(
 ) -> None:
     tracer = telemetry.tracer
     authenticator = Authenticator(settings.security)
-    admission = Admission(settings.limits.max_inflight_requests, telemetry.meter)
+    limits = settings.limits
+    admission = Admission(
+        limits.max_inflight_requests,
+        telemetry.meter,
+        per_caller=limits.max_inflight_per_caller,
+        max_bytes=limits.max_inflight_bytes,
+    )
     if settings.security.insecure and not settings.security.authenticates:
         log.warning(
             "serving on %s WITHOUT authentication (--insecure): any client that "
@@ -199,9 +205,11 @@ async def _serve_api(
         MigrationAdminServicer(
             router,
             write_lag_s=pipeline.write_lag_s,
+            ingest_problems=pipeline.problems,
             tracer=tracer,
             authenticator=authenticator,
         ),
+        admission,
     )
     await api.start()
     loop = asyncio.get_running_loop()

@@ -104,7 +104,7 @@ class IngestConfig:
     # Memory for remembered keys (key, caller, fingerprint and answer). When
     # full, new keyed writes are refused with RESOURCE_EXHAUSTED; a key is
     # never forgotten before its window ends.
-    idempotency_max_bytes: int = 64 * 1024 * 1024
+    idempotency_max_bytes: int = 256 * 1024 * 1024
     # Minutes older than this (by sample time) leave memory after their flush;
     # a late sample for them is merged into the stored row instead.
     hot_minutes: int = 3

@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 from opentelemetry import trace
 
-from metaas.server.api.auth import Authenticator
+from metaas.server.api.auth import Authenticator, Principal
 from metaas.server.api.errors import RequestError, abort, from_storage, invalid
 from metaas.server.api.tracing import rpc_span
 from metaas.server.api.validation import Violations, check_range
@@ -28,11 +28,13 @@ class MigrationAdminServicer(migration_pb2_grpc.MigrationAdminServicer):
         router: MigrationRouter,
         *,
         write_lag_s: Callable[[], dict[str, float]],
+        ingest_problems: Callable[[], list[str]],
         tracer: trace.Tracer,
         authenticator: Authenticator,
     ) -> None:
         self._router = router
         self._write_lag_s = write_lag_s
+        self._ingest_problems = ingest_problems
         self._tracer = tracer
         self._auth = authenticator
 
@@ -43,14 +45,19 @@ class MigrationAdminServicer(migration_pb2_grpc.MigrationAdminServicer):
     ) -> migration_pb2.GetMigrationStatusResponse:
         try:
             with rpc_span(self._tracer, SERVICE, "GetMigrationStatus"):
-                self._auth.authenticate(context).require_admin()
-                return self._status(request)
+                principal = self._auth.authenticate(context)
+                principal.require_admin()
+                if request.app:
+                    principal.require_app(request.app, "app")
+                return self._status(request, principal)
         except RequestError as error:
             await abort(context, error)
 
     def _status(
-        self, request: migration_pb2.GetMigrationStatusRequest
+        self, request: migration_pb2.GetMigrationStatusRequest, principal: Principal
     ) -> migration_pb2.GetMigrationStatusResponse:
+        """The status as ``principal`` may see it: mismatches and fallbacks of
+        the apps it is granted only (a diff carries label values)."""
         router = self._router
         window = router.window
         lag = self._write_lag_s()
@@ -58,7 +65,8 @@ class MigrationAdminServicer(migration_pb2_grpc.MigrationAdminServicer):
             migration_enabled=router.enabled,
             old_backend=router.backend_name(Role.OLD),
             new_backend=router.backend_name(Role.NEW),
-            flags=router.flags.describe() if router.enabled else "",
+            # The flag file names other apps in its targeting rules.
+            flags=router.flags.describe() if router.enabled and principal.apps is None else "",
             window_seconds=int(window.window_s),
             comparisons=window.total_comparisons,
             mismatches=window.total_mismatches,
@@ -91,13 +99,16 @@ class MigrationAdminServicer(migration_pb2_grpc.MigrationAdminServicer):
                     diff=list(c.diff),
                 )
                 for c in reversed(window.mismatches)
+                if principal.may_access(c.app)
             ],
             fallbacks=[
                 migration_pb2.Fallback(
                     app=f.app, stage=f.stage.value, reason=f.reason, since_ms=f.since_ms
                 )
                 for f in router.fallbacks.values()
+                if principal.may_access(f.app)
             ],
+            ingest_problems=self._ingest_problems(),
         )
         if request.app:
             response.app = request.app
@@ -133,7 +144,10 @@ class MigrationAdminServicer(migration_pb2_grpc.MigrationAdminServicer):
     ) -> AsyncIterator[migration_pb2.VerifyRangeResponse]:
         try:
             with rpc_span(self._tracer, SERVICE, "VerifyRange"):
-                self._auth.authenticate(context).require_admin()
+                principal = self._auth.authenticate(context)
+                principal.require_admin()
+                if request.app:
+                    principal.require_app(request.app, "app")
                 self._validate(request)
                 router = self._router
                 app = request.app

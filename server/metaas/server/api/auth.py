@@ -39,8 +39,13 @@ class Principal:
     apps: frozenset[str] | None  # None: every app
     admin: bool
 
+    def may_access(self, app: str) -> bool:
+        return self.apps is None or app in self.apps
+
     def require_app(self, app: str, field: str) -> None:
-        if self.apps is not None and app not in self.apps:
+        """Admins too: an admin grant widens what a caller may do, never
+        which apps it may do it to."""
+        if not self.may_access(app):
             raise RequestError(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{field}: this caller may not access app {app!r}",
@@ -73,22 +78,33 @@ def parse_access_file(text: str) -> _AccessList:
     document: Any = json.loads(text)
     if not isinstance(document, dict):
         raise ValueError("the access file must be a JSON object")
+    unknown = set(document) - {"tokens", "identities"}
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}")
     tokens: dict[str, Principal] = {}
-    for i, entry in enumerate(document.get("tokens", [])):
+    for i, entry in enumerate(_objects(document, "tokens")):
         digest = str(entry.get("sha256", "")).lower()
         if len(digest) != 64 or not set(digest) <= _HEX:
             raise ValueError(f"tokens[{i}].sha256 must be 64 hex digits")
         tokens[digest] = Principal(f"token:{digest[:8]}", *_grants(entry, f"tokens[{i}]"))
     identities: dict[str, Principal] = {}
-    for i, entry in enumerate(document.get("identities", [])):
+    for i, entry in enumerate(_objects(document, "identities")):
         name = entry.get("name")
         if not isinstance(name, str) or not name:
             raise ValueError(f"identities[{i}].name must be a certificate name")
         identities[name] = Principal(f"cert:{name}", *_grants(entry, f"identities[{i}]"))
-    unknown = set(document) - {"tokens", "identities"}
-    if unknown:
-        raise ValueError(f"unknown keys {sorted(unknown)}")
     return _AccessList(tokens, identities)
+
+
+def _objects(document: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """``document[key]``: a list of JSON objects, or absent."""
+    entries = document.get(key, [])
+    if not isinstance(entries, list):
+        raise ValueError(f"{key} must be a list of objects")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{key}[{i}] must be an object")
+    return entries
 
 
 def _grants(entry: Any, where: str) -> tuple[frozenset[str] | None, bool]:

@@ -47,13 +47,13 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
         ],
     ) -> query_pb2.QueryRangeResponse:
         try:
-            with (
-                rpc_span(self._tracer, SERVICE, "QueryRange") as span,
-                self._admission.admit("QueryRange"),
-            ):
+            with rpc_span(self._tracer, SERVICE, "QueryRange") as span:
                 principal = self._auth.authenticate(context)
                 span.set_attribute("enduser.id", principal.name)
-                return await _within_deadline(context, self._query_range(request, principal, span))
+                with self._admission.admit("QueryRange", principal.name):
+                    return await _within_deadline(
+                        context, self._query_range(request, principal, span)
+                    )
         except RequestError as error:
             await abort(context, error)
 
@@ -96,13 +96,11 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
         ],
     ) -> query_pb2.ListSeriesResponse:
         try:
-            with (
-                rpc_span(self._tracer, SERVICE, "ListSeries") as span,
-                self._admission.admit("ListSeries"),
-            ):
+            with rpc_span(self._tracer, SERVICE, "ListSeries") as span:
                 principal = self._auth.authenticate(context)
                 span.set_attribute("enduser.id", principal.name)
-                return await _within_deadline(context, self._list_series(request, principal))
+                with self._admission.admit("ListSeries", principal.name):
+                    return await _within_deadline(context, self._list_series(request, principal))
         except RequestError as error:
             await abort(context, error)
 

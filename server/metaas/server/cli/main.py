@@ -314,7 +314,9 @@ def serve(
     log_level: str,
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C (then drain and flush)."""
+    from metaas.server.api.server import AddressInUse
     from metaas.server.app import serve as run
+    from metaas.server.ingest.wal import WalLocked
     from metaas.server.telemetry import from_environment
 
     logging.basicConfig(
@@ -364,6 +366,8 @@ def serve(
         asyncio.run(run(settings, telemetry))
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
+    except (AddressInUse, WalLocked) as error:
+        raise click.ClickException(str(error)) from error
     except StorageError as error:
         raise click.ClickException(f"storage: {error}") from error
 

@@ -21,7 +21,7 @@ from metaas.server.config import IngestConfig
 from metaas.server.ingest import records
 from metaas.server.ingest.aggregator import Aggregator, PendingPartial
 from metaas.server.ingest.delivery import Delivery, SegmentId
-from metaas.server.ingest.idempotency import IdempotencyKeys
+from metaas.server.ingest.idempotency import IdempotencyKeys, ScopedKey
 from metaas.server.ingest.records import SeriesBatch
 from metaas.server.ingest.wal import Segment, WriteAheadLog, list_segments, read_segment
 from metaas.server.retry import backoff
@@ -66,7 +66,7 @@ class IngestPipeline:
         self.generation = secrets.token_hex(8)
         self._aggregator = Aggregator(hot_minutes=config.hot_minutes)
         self._keys = IdempotencyKeys(
-            int(config.idempotency_window_s * 1000), 100_000, clock
+            int(config.idempotency_window_s * 1000), config.idempotency_max_bytes, clock
         )
         self._wal = WriteAheadLog(config.wal_dir, self.generation, fsync=config.fsync)
         self._delivery = Delivery(targets, on_complete=self._segment_stored, telemetry=telemetry)
@@ -97,6 +97,7 @@ class IngestPipeline:
     async def start(self) -> None:
         """Reload idempotency keys from earlier runs' log segments, open this
         run's log, and start delivering (earlier segments first)."""
+        await self._wal.acquire()  # before reading the directory: WalLocked if in use
         self._old_segments = await asyncio.to_thread(list_segments, self._config.wal_dir)
         restored: list[records.KeyEntry] = []
         for segment in self._old_segments:
@@ -105,9 +106,19 @@ class IngestPipeline:
                     restored.extend(record)
                 elif record.idempotency_key:
                     restored.append(self._keys.entry(record))
-        # Oldest first, so the bound on the number of keys drops the oldest.
+        # Oldest first: the keys are kept ordered by expiry.
         for entry in sorted(restored, key=lambda e: e.expires_ms):
             self._keys.restore(entry)
+        if self._keys.used_bytes > self._keys.limit_bytes:
+            # Unexpired keys are kept whatever the bound (forgetting one would
+            # let its retry apply twice); new keys wait until enough expire.
+            log.warning(
+                "restored idempotency keys hold %d bytes, over the limit of %d "
+                "(--idempotency-max-bytes): keyed writes with new keys are refused "
+                "until enough of them expire",
+                self._keys.used_bytes,
+                self._keys.limit_bytes,
+            )
         for segment in self._old_segments:
             self._wal.track(segment)
         await self._wal.open(records.encode_keys(self._keys.snapshot()))
@@ -115,25 +126,36 @@ class IngestPipeline:
         self._task = asyncio.create_task(self._run(), name="ingest-flusher")
 
     async def write(
-        self, request: ingest_pb2.WriteRequest, batches: Sequence[SeriesBatch], accepted: int
+        self,
+        request: ingest_pb2.WriteRequest,
+        batches: Sequence[SeriesBatch],
+        accepted: int,
+        *,
+        caller: str,
     ) -> int:
         """Make a validated request durable and aggregated; return the number
-        of samples accepted (the first answer, for a retried idempotency key)."""
+        of samples accepted (the first answer, for a retried idempotency key).
+
+        An idempotency key belongs to ``caller`` (the authenticated identity)
+        and the request's apps. Raises KeyReused when the key was used for a
+        different body within the window, and KeysFull, with nothing applied,
+        when remembering one more key would pass the byte bound."""
         self._admit()
         key = request.idempotency_key
         if not key:
-            return await self._append(request, batches, accepted, key)
-        answered = self._keys.answered(key)
+            return await self._append(request.SerializeToString(), batches, accepted, None)
+        body = request.SerializeToString(deterministic=True)
+        scoped = ScopedKey.of(key, caller, (batch.series.app for batch in batches), body)
+        answered = self._keys.answered(scoped)
         if answered is not None:
             return answered
-        first = self._keys.in_flight(key)
+        first = self._keys.in_flight(scoped)
         if first is not None:
             return await asyncio.shield(first)
         # The key stays in flight until the log has resolved the append, even
         # if this caller is cancelled meanwhile (the record may still be
         # applied), so a retry never appends the same request twice.
-        task = asyncio.ensure_future(self._append(request, batches, accepted, key))
-        self._keys.begin(key, task)
+        task = self._keys.begin(scoped, lambda: self._append(body, batches, accepted, scoped))
         return await asyncio.shield(task)
 
     def _admit(self) -> None:
@@ -153,20 +175,25 @@ class IngestPipeline:
 
     async def _append(
         self,
-        request: ingest_pb2.WriteRequest,
+        body: bytes,
         batches: Sequence[SeriesBatch],
         accepted: int,
-        key: str,
+        scoped: ScopedKey | None,
     ) -> int:
         recorded_ms = self._clock.now_ms()
-        payload = records.encode_write(
-            records.WriteRecord(recorded_ms, accepted, key, request.SerializeToString())
+        record = (
+            records.WriteRecord(recorded_ms, accepted, "", "", b"", body)
+            if scoped is None
+            else records.WriteRecord(
+                recorded_ms, accepted, scoped.key, scoped.scope, scoped.fingerprint, body
+            )
         )
+        payload = records.encode_write(record)
 
         def apply() -> int:
             self._aggregator.apply(batches)
-            if key:
-                self._keys.record(key, accepted, recorded_ms)
+            if scoped is not None:
+                self._keys.record(scoped, accepted, recorded_ms)
             self._samples.add(accepted)
             return accepted
 
@@ -221,7 +248,10 @@ class IngestPipeline:
                     await self._recover()
                     recovered = True
                 await asyncio.sleep(interval)
-                await self.seal()
+                # Shielded: stop() cancels this loop, and a seal cut between
+                # sealing the segment and queueing its work would leave that
+                # segment undelivered (and on disk) until the next start.
+                await asyncio.shield(self.seal())
                 delays = backoff(base_s=interval, cap_s=30.0)
             except Exception:
                 log.exception("flush loop failed; retrying")
@@ -257,6 +287,15 @@ class IngestPipeline:
     async def _segment_stored(self, segment: SegmentId) -> None:
         generation, epoch = segment
         await self._wal.delete(Segment.named(self._config.wal_dir, generation, epoch))
+
+    def problems(self) -> list[str]:
+        """One line per ingest step failing now (the log, storing on a
+        backend, deleting stored segments, the flush loop); empty when
+        healthy. Acknowledged data is safe in the log meanwhile."""
+        found = self._wal.problems() + self._delivery.problems()
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            found.append(f"flush loop stopped: {self._task.exception()!r}")
+        return found
 
 
 def _read_records(segment: Segment) -> list[records.WriteRecord | list[records.KeyEntry]]:

@@ -12,17 +12,25 @@ and opens ``e + 1`` under the same lock that applies records, so a flush sees
 exactly the records of segments ``<= e``. A segment is deleted once its data is
 in storage. Frames are ``length, crc32, payload``; a torn or corrupt tail
 (from a crash mid-write, before any acknowledgement) ends a segment on replay.
+
+One process at a time owns a log directory: ``acquire`` takes an exclusive
+``flock`` on its ``LOCK`` file (which names the holder) before anything reads
+the directory, and holds it until ``close`` or the process ends. A second
+server on the same directory would replay the first one's live segments.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import fcntl
 import functools
 import logging
 import os
 import re
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,15 +38,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from metaas.server.retry import describe_error
+
 _T = TypeVar("_T")
 _FRAME: Final = struct.Struct("<II")
 _MAGIC: Final = b"MWAL\x01"
 _NAME: Final = re.compile(r"^(?P<generation>[0-9a-f]{16})-(?P<epoch>\d{12})\.wal$")
+LOCK_NAME: Final = "LOCK"
+_HOLDER_PID: Final = re.compile(r"\bpid=(\d+)")
 log = logging.getLogger(__name__)
 
 
 class WalError(Exception):
     """The log could not make a record durable; the record is not applied."""
+
+
+class WalLocked(WalError):
+    """Another process holds the log directory's lock."""
+
+    def __init__(self, directory: Path, holder: str) -> None:
+        self.directory = directory
+        self.holder = holder  # as the holder wrote it: "pid=123 started=..."
+        found = _HOLDER_PID.search(holder)
+        self.holder_pid = int(found[1]) if found else None
+        super().__init__(
+            f"write-ahead log directory {directory} is in use by another metaas process "
+            f"({holder or 'holder unknown'}); stop it or give this server its own WAL directory"
+        )
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -108,9 +134,15 @@ class WriteAheadLog:
         self._size = 0  # bytes in the open segment
         self._epoch = 0
         self._failed: str | None = None
+        self._lock_fd: int | None = None
+        # (monotonic time of the first failure in a row, the latest error)
+        self._write_failing: tuple[float, BaseException] | None = None
+        self._rotate_failing: tuple[float, BaseException] | None = None
         self.bytes_written = 0
-        # Sizes of sealed (and earlier runs') segments not deleted yet.
+        # Sizes of sealed (and earlier runs') segments whose data is not stored yet.
         self._backlog: dict[Path, int] = {}
+        # Sizes of segments stored everywhere whose deletion failed so far.
+        self._undeleted: dict[Path, int] = {}
 
     @property
     def backlog_bytes(self) -> int:
@@ -124,14 +156,42 @@ class WriteAheadLog:
             self._backlog[segment.path] = segment.path.stat().st_size
 
     @property
+    def undeleted_bytes(self) -> int:
+        """Bytes in segments stored everywhere that could not be deleted yet."""
+        return sum(self._undeleted.values())
+
+    @property
     def epoch(self) -> int:
         """Epoch of the segment being appended to."""
         return self._epoch
 
+    def problems(self) -> list[str]:
+        """One line per failing step of the log itself; empty when healthy."""
+        now = time.monotonic()
+        found = []
+        if self._failed is not None:
+            found.append(f"wal: {self._failed}")
+        if self._write_failing is not None:
+            since, error = self._write_failing
+            found.append(f"wal: writes failing for {now - since:.0f} s: {describe_error(error)}")
+        if self._rotate_failing is not None:
+            since, error = self._rotate_failing
+            found.append(
+                f"wal: cannot start a new segment for {now - since:.0f} s: {describe_error(error)}"
+            )
+        return found
+
+    async def acquire(self) -> None:
+        """Create the directory and take its lock for as long as this log is
+        open (or the process lives). Call before reading the directory.
+        Raises WalLocked, naming the holder, if another process has it."""
+        if self._lock_fd is None:
+            self._lock_fd = await self._in_thread(_lock_directory, self.directory)
+
     async def open(self, head: bytes) -> None:
-        """Start the first segment of this generation with ``head`` as its
-        first record."""
-        await self._in_thread(self.directory.mkdir, parents=True, exist_ok=True)
+        """Take the directory's lock if not held yet, then start the first
+        segment of this generation with ``head`` as its first record."""
+        await self.acquire()
         await self._in_thread(self._start_segment, 1, head)
 
     async def append(self, payload: bytes, apply: Callable[[], _T]) -> _T:
@@ -152,12 +212,24 @@ class WriteAheadLog:
         applied, and its result is returned."""
         async with self._lock:
             epoch = self._epoch
-            await self._in_thread(self._start_segment, epoch + 1, head())
+            try:
+                await self._in_thread(self._start_segment, epoch + 1, head())
+            except Exception as error:
+                since = self._rotate_failing[0] if self._rotate_failing else time.monotonic()
+                self._rotate_failing = (since, error)
+                raise
+            self._rotate_failing = None
             return sealed(epoch)
 
     async def delete(self, segment: Segment) -> None:
+        """Delete a segment whose data is stored everywhere. From then on its
+        bytes no longer count in ``backlog_bytes``, even if unlinking fails
+        (the error is raised; the caller retries)."""
+        size = self._backlog.pop(segment.path, None)
+        if size is not None:
+            self._undeleted[segment.path] = size
         await self._in_thread(segment.path.unlink, missing_ok=True)
-        self._backlog.pop(segment.path, None)
+        self._undeleted.pop(segment.path, None)
 
     async def close(self) -> None:
         while self._writer is not None and not self._writer.done():
@@ -173,10 +245,13 @@ class WriteAheadLog:
                 try:
                     await self._in_thread(self._write_sync, [a.payload for a in batch])
                 except Exception as error:  # noqa: BLE001 - every waiter gets it
+                    since = self._write_failing[0] if self._write_failing else time.monotonic()
+                    self._write_failing = (since, error)
                     for item in batch:
                         if not item.future.done():
                             item.future.set_exception(WalError(f"write-ahead log: {error}"))
                     continue
+                self._write_failing = None
                 for item in batch:
                     try:
                         result = item.apply()
@@ -240,6 +315,11 @@ class WriteAheadLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):  # the holder's line is stale from now on
+                os.ftruncate(self._lock_fd, 0)
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     async def _in_thread(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run on the log's thread. A cancelled caller still waits for the
@@ -253,6 +333,41 @@ class WriteAheadLog:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait([future])
             raise
+
+
+def _lock_directory(directory: Path) -> int:
+    """Create ``directory``, take the exclusive lock on its LOCK file and
+    write this process's pid and start time in it; return the locked fd."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WalLocked(directory.resolve(), _read_holder(path)) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    try:
+        os.ftruncate(fd, 0)
+        _write_all(fd, memoryview(f"pid={os.getpid()} started={started}\n".encode()))
+    except OSError as error:  # the lock holds all the same; only its label is missing
+        log.warning("could not record this process in %s: %s", path, error)
+    return fd
+
+
+def _read_holder(path: Path) -> str:
+    """The holder's line in a LOCK file. A holder that has just taken the
+    lock may not have written it yet: wait a moment for it."""
+    for _ in range(20):
+        with contextlib.suppress(OSError):
+            text = path.read_text(errors="replace").strip()
+            if text:
+                return text[:200]  # a line written by a holder; bounded all the same
+        time.sleep(0.025)
+    return ""
 
 
 def _write_all(fd: int, data: memoryview) -> None:
