@@ -8,6 +8,37 @@ bucket's harmonic midpoint bounds the relative error of any quantile by
 ``(BASE - 1) / (BASE + 1)``: 0.54% at scale 6. Sketches merge by adding counts,
 so minutes, steps and writers combine without losing accuracy.
 
+Bounded size, and what is collapsed. A store (one per sign) never spans more
+than MAX_BUCKETS = 2048 buckets: 32 doublings, a ratio of
+``BASE**(MAX_BUCKETS - 1)``, about 4.2e9, between its lowest and highest kept
+bucket. With ``h`` the highest non-empty bucket of everything a store has
+counted, every value in a bucket below ``f = h - (MAX_BUCKETS - 1)`` is counted
+in bucket ``f`` instead (DDSketch's collapsing of the lowest buckets; for
+negative values, the magnitudes nearest zero). Hence:
+
+- An order statistic whose magnitude exceeds
+  ``largest / BASE**(MAX_BUCKETS - 1)`` (``largest`` being the store's
+  largest magnitude, which lies in bucket ``h``, so above ``BASE**h``) lies
+  in bucket ``f`` or higher, and is still estimated within
+  RELATIVE_ACCURACY: collapsing only moves counts from below ``f`` into
+  ``f``, so the bucket in which each such rank falls is unchanged. A quantile
+  is within it when the two order statistics it interpolates are; for p50 to
+  p99.9 that holds unless the largest magnitude of the quantile's sign is
+  more than about 4.2e9 times the quantile's.
+- A smaller one is reported as bucket ``f``'s value, about
+  ``largest / 4.2e9``: its magnitude is overestimated, never under
+  (:class:`~metaas.server.sketch.distribution.Distribution` then clamps every
+  estimate to the exact minimum and maximum).
+- Collapsing maps each bucket ``i`` to ``max(i, f)``. The ``f`` used by any
+  partial merge is at most the final one, and ``max(max(i, f1), f2) =
+  max(i, f2)`` for ``f1 <= f2``, so merges in any grouping and order give the
+  same counts as a sketch of all the values at once: merges stay exact and
+  associative.
+
+Counts are dense per store, of the narrowest of uint8, uint16, uint32 and
+int64 that holds their sum: a store of fewer than 256 values, however
+scattered, takes at most 2 KiB, and any store at most 16 KiB.
+
 Bucket indexing is vectorized with numpy; there is no per-sample Python loop.
 """
 
@@ -15,7 +46,7 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -25,16 +56,17 @@ BASE: Final = 2.0 ** (2.0**-SCALE)
 RELATIVE_ACCURACY: Final = (BASE - 1.0) / (BASE + 1.0)
 # Values whose magnitude is below the smallest normal double count as zero.
 _MIN_MAGNITUDE: Final = float(np.finfo(np.float64).tiny)
-# A store never spans more buckets than this (128 doublings, about 3e38 from
-# its lowest to its highest value); beyond it the lowest buckets are folded
-# together so hostile input cannot make a sketch grow without bound.
-MAX_BUCKETS: Final = 128 << SCALE
+# A store never spans more buckets than this (32 doublings); see the module
+# docstring for what is collapsed beyond it. DDSketch's default bin limit.
+MAX_BUCKETS: Final = 32 << SCALE
 _ENCODING_VERSION: Final = 1
 _HEADER: Final = struct.Struct("<BQ")  # version, zero count
 _STORE: Final = struct.Struct("<iIB")  # offset, length, bytes per count
 
 Int64Array = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+# A store's counts: one of _COUNT_DTYPES.
+CountArray = npt.NDArray[np.integer[Any]]
 
 
 def bucket_indices(magnitudes: FloatArray) -> Int64Array:
@@ -54,68 +86,89 @@ def _bucket_values(indices: Int64Array) -> FloatArray:
 
 
 class _Store:
-    """Dense counts for a contiguous range of bucket indices."""
+    """Dense counts for a contiguous range of bucket indices.
 
-    __slots__ = ("counts", "offset")
+    Invariants, kept by every method that builds or changes one: its first and
+    last counts are non-zero (or it is empty); it spans at most MAX_BUCKETS;
+    its counts are of one of _COUNT_DTYPES wide enough for the largest count
+    (the narrowest for their sum, ``total``, where this code chose it; from
+    bytes, the encoded width). Adding counts in place first widens the type to
+    hold the sum of both totals, so no count can overflow.
+    """
 
-    def __init__(self, offset: int = 0, counts: Int64Array | None = None) -> None:
+    __slots__ = ("_total", "counts", "offset")
+
+    def __init__(
+        self, offset: int = 0, counts: CountArray | None = None, total: int | None = 0
+    ) -> None:
         self.offset = offset
         # The shared empty array is never written: every change replaces it.
-        self.counts: Int64Array = counts if counts is not None else _EMPTY
+        self.counts: CountArray = counts if counts is not None else _EMPTY
+        # None until first needed, for stores read from bytes: most of those
+        # are only read, and summing each would cost as much as decoding it.
+        self._total = total
 
     @property
     def total(self) -> int:
-        return int(self.counts.sum())
+        """The sum of the counts."""
+        if self._total is None:
+            self._total = int(self.counts.sum(dtype=np.int64))
+        return self._total
 
     def copy(self) -> _Store:
-        return _Store(self.offset, self.counts.copy())
+        return _Store(self.offset, self.counts.copy(), self._total)
 
     def add_indices(self, indices: Int64Array) -> None:
         if indices.size == 0:
             return
-        low = int(indices.min())
-        self._add_dense(low, np.bincount(indices - low).astype(np.int64))
+        high = int(indices.max())
+        low = max(int(indices.min()), high - (MAX_BUCKETS - 1))
+        # Collapsed before counting, so no array spans more than MAX_BUCKETS.
+        counts = np.bincount(np.maximum(indices, low) - low)
+        total = int(indices.size)
+        self._add_dense(low, counts.astype(_narrowest(total), copy=False), total)
 
     def merge(self, other: _Store) -> None:
-        if other.counts.size:
-            self._add_dense(other.offset, other.counts)
+        if other.total:
+            self._add_dense(other.offset, other.counts, other.total)
 
     @classmethod
     def merged(cls, stores: list[_Store]) -> _Store:
-        """A new store holding the sum of ``stores``: one allocation."""
+        """A new store holding the sum of ``stores``, with the lowest buckets
+        collapsed as the module docstring states. Nothing it allocates spans
+        more than MAX_BUCKETS."""
         full = [s for s in stores if s.counts.size]
         if not full:
             return cls()
-        low = min(s.offset for s in full)
         high = max(s.offset + s.counts.size for s in full)
+        low = max(min(s.offset for s in full), high - MAX_BUCKETS)
         counts = np.zeros(high - low, np.int64)
         for store in full:
-            start = store.offset - low
-            counts[start : start + store.counts.size] += store.counts
-        result = cls(low, counts)
-        result._limit_width()
-        return result
+            below = low - store.offset  # how many of its buckets collapse
+            if below > 0:
+                counts[0] += int(store.counts[:below].sum(dtype=np.int64))
+                kept = store.counts[below:]
+                counts[: kept.size] += kept
+            else:
+                counts[-below : -below + store.counts.size] += store.counts
+        total = int(counts.sum())
+        return cls(low, counts.astype(_narrowest(total), copy=False), total)
 
-    def _add_dense(self, offset: int, counts: Int64Array) -> None:
-        if self.counts.size == 0:
-            self.offset, self.counts = offset, counts.copy()
-        else:
-            low = min(self.offset, offset)
-            high = max(self.offset + self.counts.size, offset + counts.size)
-            if low != self.offset or high != self.offset + self.counts.size:
-                grown = np.zeros(high - low, np.int64)
-                grown[self.offset - low : self.offset - low + self.counts.size] = self.counts
-                self.offset, self.counts = low, grown
-            start = offset - self.offset
-            self.counts[start : start + counts.size] += counts
-        self._limit_width()
-
-    def _limit_width(self) -> None:
-        excess = self.counts.size - MAX_BUCKETS
-        if excess > 0:
-            folded = self.counts[excess:].copy()
-            folded[0] += int(self.counts[:excess].sum())
-            self.offset, self.counts = self.offset + excess, folded
+    def _add_dense(self, offset: int, counts: CountArray, total: int) -> None:
+        """Add ``counts``, summing to ``total``, at bucket ``offset``."""
+        start = offset - self.offset
+        if not self.counts.size or start < 0 or start + counts.size > self.counts.size:
+            grown = _Store.merged([self, _Store(offset, counts, total)])
+            self.offset, self.counts, self._total = grown.offset, grown.counts, grown.total
+            return
+        # Inside the current range: the highest bucket, hence what is
+        # collapsed, stays the same.
+        self._total = self.total + total
+        width = max(_width_of(self._total), self.counts.itemsize, counts.itemsize)
+        needed = _COUNT_DTYPES[width]
+        if needed != self.counts.dtype:
+            self.counts = self.counts.astype(needed)
+        self.counts[start : start + counts.size] += counts
 
     def trimmed(self) -> _Store:
         """The same counts without empty buckets at either end."""
@@ -123,7 +176,7 @@ class _Store:
         if nonzero.size == 0:
             return _Store()
         first, last = int(nonzero[0]), int(nonzero[-1])
-        return _Store(self.offset + first, self.counts[first : last + 1].copy())
+        return _Store(self.offset + first, self.counts[first : last + 1].copy(), self._total)
 
 
 class Sketch:
@@ -200,7 +253,7 @@ class Sketch:
                 ]
             )
         )
-        cumulative = np.cumsum(counts)
+        cumulative = np.cumsum(counts, dtype=np.int64)
         total = int(cumulative[-1]) if cumulative.size else 0
         if total == 0:
             return [math.nan] * len(fractions)
@@ -255,7 +308,9 @@ class Sketch:
                 raise ValueError(f"bad sketch count width {width}")
             raw = np.frombuffer(data, count_type, count=length, offset=position)
             position += length * width
-            stores.append(_Store(start, raw.astype(np.int64)))
+            store = _Store(start, raw.astype(_COUNT_DTYPES[width]), None)
+            # Written under a wider limit (or not by this code): collapse it.
+            stores.append(_Store.merged([store]) if length > MAX_BUCKETS else store)
         sketch._positive, sketch._negative = stores
         return sketch
 
@@ -286,25 +341,28 @@ def sketches_of_groups(values: FloatArray, starts: Int64Array) -> list[Sketch]:
     highs = np.maximum.reduceat(np.where(positive, indices, -unset), starts)
     present = lows != unset
     owner = np.repeat(np.arange(groups), lengths)
-    # At most MAX_BUCKETS per store, as _limit_width keeps them: the lowest
-    # indices fold into the lowest bucket kept, before anything is allocated.
+    # At most MAX_BUCKETS per store, collapsed as _Store.merged does: the
+    # lowest indices count in the lowest bucket kept, before anything is
+    # allocated.
     floors = np.where(present, highs - (MAX_BUCKETS - 1), 0)
     lows = np.where(present, np.maximum(lows, floors), 0)
     indices = np.maximum(indices, floors[owner])
     widths = np.where(present, highs - lows + 1, 0)
     bases = np.cumsum(widths) - widths
     slots = (bases - lows)[owner] + indices
-    flat = np.bincount(slots[positive], minlength=int(widths.sum())).astype(np.int64, copy=False)
+    flat = np.bincount(slots[positive], minlength=int(widths.sum()))
+    totals = np.add.reduceat(positive, starts, dtype=np.int64)
     with_negatives = set(np.flatnonzero(np.maximum.reduceat(negative, starts)).tolist())
     sketches = []
-    for i, (low, width, base, zero) in enumerate(
-        zip(lows.tolist(), widths.tolist(), bases.tolist(), zeros, strict=True)
+    for i, (low, width, base, total, zero) in enumerate(
+        zip(lows.tolist(), widths.tolist(), bases.tolist(), totals.tolist(), zeros, strict=True)
     ):
         sketch = Sketch()
         sketch.zero_count = zero
         if width:
             # A copy: a view would keep the whole request's array alive.
-            sketch._positive = _Store(low, flat[base : base + width].copy())
+            counts = flat[base : base + width].astype(_narrowest(total))
+            sketch._positive = _Store(low, counts, total)
         if i in with_negatives:
             start = int(starts[i])
             group = slice(start, start + int(lengths[i]))
@@ -313,15 +371,31 @@ def sketches_of_groups(values: FloatArray, starts: Int64Array) -> list[Sketch]:
     return sketches
 
 
-_EMPTY: Final[Int64Array] = np.zeros(0, np.int64)
+_EMPTY: Final[CountArray] = np.zeros(0, np.uint8)
 _EMPTY.flags.writeable = False
 _COUNT_TYPES: Final = {width: np.dtype(f"<u{width}") for width in (1, 2, 4, 8)}
+# The types of a store's counts, by bytes per count; no store holds 2**63.
+_COUNT_DTYPES: Final[dict[int, np.dtype[Any]]] = {
+    1: np.dtype(np.uint8),
+    2: np.dtype(np.uint16),
+    4: np.dtype(np.uint32),
+    8: np.dtype(np.int64),
+}
 
 
-def _count_width(counts: Int64Array) -> int:
-    peak = int(counts.max()) if counts.size else 0
+def _narrowest(total: int) -> np.dtype[Any]:
+    """The narrowest count type that holds counts summing to ``total``."""
+    return _COUNT_DTYPES[_width_of(total)]
+
+
+def _count_width(counts: CountArray) -> int:
+    return _width_of(int(counts.max()) if counts.size else 0)
+
+
+def _width_of(largest: int) -> int:
+    """Bytes per count for counts up to ``largest``."""
     for width in (1, 2, 4):
-        if peak < 1 << (8 * width):
+        if largest < 1 << (8 * width):
             return width
     return 8
 
@@ -347,7 +421,8 @@ def quantiles_of_many(sketches: list[Sketch], fractions: list[float]) -> FloatAr
         stores = [sketches[i]._positive for i in plain]
         sizes = np.fromiter((s.counts.size for s in stores), np.int64, len(stores))
         offsets = np.fromiter((s.offset for s in stores), np.int64, len(stores))
-        cumulative = np.cumsum(np.concatenate([s.counts for s in stores]))
+        counts = np.concatenate([s.counts for s in stores], dtype=np.int64)
+        cumulative = np.cumsum(counts, out=counts)
         ends = np.cumsum(sizes)
         starts = ends - sizes
         through = cumulative[ends - 1]
