@@ -5,8 +5,8 @@ Why a minute's item gets that large: the backend stores one *block* per
 (app, metric, minute, writer) holding the distribution of every label set
 (docs/dynamodb.md), since a query reads all series of a metric at once and
 DynamoDB bills every item write at least one write unit. One series' partial
-cannot pass about 131 KB (two stores of at most 8,192 buckets of 8-byte
-counts), but a block grows with the label sets: 1,500 dynos each serving 200
+cannot pass about 33 KB (two stores of at most 2,048 buckets of at most
+8-byte counts), but a block grows with the label sets: 1,500 dynos each serving 200
 requests a minute (lognormal latencies) encode to about 930 KB, which zstd
 or gzip bring to about 230 KB. At 1,000 requests per dyno and minute with a
 wider spread the block is about 2 MB, still about 560 KB compressed: it
