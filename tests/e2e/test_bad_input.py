@@ -128,6 +128,31 @@ WRITE_CASES: dict[str, tuple[ingest_pb2.WriteRequest, grpc.StatusCode, str]] = {
         INVALID,
         "series[0].values[1]",
     ),
+    "magnitude beyond 1e289": (
+        ingest_pb2.WriteRequest(series=[series(values=[1e308, 1e308])]),
+        INVALID,
+        "series[0].values[0]",
+    ),
+    "app with a trailing newline": (
+        ingest_pb2.WriteRequest(series=[series(app="shop\n")]),
+        INVALID,
+        "series[0].app",
+    ),
+    "metric with a trailing newline": (
+        ingest_pb2.WriteRequest(series=[series(metric="router.latency_ms\n")]),
+        INVALID,
+        "series[0].metric",
+    ),
+    "label name with a trailing newline": (
+        ingest_pb2.WriteRequest(series=[series(labels={"dyno\n": "web.1"})]),
+        INVALID,
+        'series[0].labels["dyno\n"]',
+    ),
+    "label value with a trailing newline": (
+        ingest_pb2.WriteRequest(series=[series(labels={"dyno": "web.1\n"})]),
+        INVALID,
+        'series[0].labels["dyno"]',
+    ),
     "length mismatch": (
         ingest_pb2.WriteRequest(series=[series(values=[1.0])]),
         INVALID,
@@ -168,9 +193,11 @@ WRITE_CASES: dict[str, tuple[ingest_pb2.WriteRequest, grpc.StatusCode, str]] = {
         EXHAUSTED,
         "series",
     ),
+    # Over max_request_bytes (16 MiB), under the transport's cap (17 MiB): the
+    # field-level refusal, not gRPC's.
     "request too large": (
         ingest_pb2.WriteRequest(
-            series=[series(labels={f"l{i:02d}": "v" * 250 for i in range(16)})] * 4_500
+            series=[series(labels={f"l{i:02d}": "v" * 250 for i in range(16)})] * 4_100
         ),
         EXHAUSTED,
         "series",
@@ -215,6 +242,12 @@ QUERY_CASES: dict[str, tuple[query_pb2.QueryRangeRequest, str]] = {
     "matcher name": (_query(matchers={"bad name": "x"}), 'matchers["bad name"]'),
     "group_by name": (_query(group_by=["ok", "not ok"]), "group_by[1]"),
     "group_by repeated": (_query(group_by=["dyno", "dyno"]), "group_by[1]"),
+    "too many stats": (_query(stats=["count"] * 33), "stats"),
+    "2,000 stats": (_query(stats=["p99"] * 2_000), "stats"),
+    "stat with a trailing newline": (_query(stats=["count", "q0.5\n"]), "stats[1]"),
+    "app with a trailing newline": (_query(app="shop\n"), "app"),
+    "metric with a trailing newline": (_query(metric="router.latency_ms\n"), "metric"),
+    "group_by with a trailing newline": (_query(group_by=["dyno\n"]), "group_by[0]"),
 }
 
 
@@ -300,3 +333,24 @@ def test_invalid_request_is_not_half_applied(stubs: Stubs) -> None:
             step_ms=3 * MINUTE,
         )
         assert [s.stats["count"] for s in streamed.series] == [(1.0,)]
+
+
+def test_values_at_the_largest_magnitude_sum_finitely(stubs: Stubs) -> None:
+    """1e289 is the largest magnitude accepted: however many such values a
+    bucket holds, their sum stays finite."""
+    with Client(stubs.target) as client:
+        times = [NOW - MINUTE] * 4
+        assert client.write([Series("huge", "m", times, [1e289] * 4)]) == 4
+        assert client.write([Series("huge", "m", times, [1e289] * 4)]) == 4
+
+        def summed() -> float:
+            result = client.query_range(
+                "huge", "m", NOW - 2 * MINUTE, NOW + MINUTE, stats=["count", "sum", "p50"]
+            )
+            assert result.series
+            assert result.series[0].stats["count"] == (8.0,)
+            return float(result.series[0].stats["sum"][0])
+
+        total = eventually(summed)
+        assert math.isfinite(total)
+        assert total == pytest.approx(8e289)

@@ -4,6 +4,7 @@ answered from them equals the same query answered from minutes."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -109,6 +110,17 @@ def answers(groups: Sequence[object]) -> dict[tuple[object, int], list[float]]:
     return found
 
 
+def covered(spy: Spy, resolution: Resolution) -> tuple[int, int]:
+    """The range the spy's reads at ``resolution`` covered, checking that
+    they follow one another with no gap or overlap (a range is read in
+    pieces)."""
+    ranges = [(s, e) for s, e, r, _ in spy.reads if r is resolution]
+    assert ranges
+    for (_, end), (start, _) in itertools.pairwise(ranges):
+        assert start == end
+    return ranges[0][0], ranges[-1][1]
+
+
 def assert_same(
     got: dict[tuple[object, int], list[float]], want: dict[tuple[object, int], list[float]]
 ) -> None:
@@ -137,9 +149,8 @@ async def test_a_query_from_rollups_equals_the_query_from_minutes(
     )  # type: ignore[arg-type]
     assert_same(got, await reference(stored, q))
     # Whole hours came from rollups; minutes only for the unfinished last hour.
-    by_resolution = {r: (s, e, n) for s, e, r, n in spy.reads}
-    assert by_resolution[Resolution.HOUR][:2] == (start, Resolution.HOUR.floor(NOW))
-    assert by_resolution[Resolution.MINUTE][:2] == (Resolution.HOUR.floor(NOW), q.end_ms)
+    assert covered(spy, Resolution.HOUR) == (start, Resolution.HOUR.floor(NOW))
+    assert covered(spy, Resolution.MINUTE) == (Resolution.HOUR.floor(NOW), q.end_ms)
     assert sum(n for _, _, _, n in spy.reads) <= 3 * (8 + 1) + 3 * 18
 
 

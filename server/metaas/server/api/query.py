@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -13,9 +13,10 @@ from metaas.server.api.admission import Admission
 from metaas.server.api.auth import Authenticator, Principal
 from metaas.server.api.errors import RequestError, abort, from_storage
 from metaas.server.api.tracing import RpcSpan, rpc_span
-from metaas.server.api.validation import validate_list_series, validate_query
+from metaas.server.api.validation import too_large, validate_list_series, validate_query
 from metaas.server.config import LimitsConfig
 from metaas.server.migration.router import MigrationRouter
+from metaas.server.query import Pacer, ResultGroup, ResultTooLarge
 from metaas.server.storage.errors import StorageError
 from metaas.v1 import query_pb2, query_pb2_grpc
 
@@ -62,7 +63,11 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
     ) -> query_pb2.QueryRangeResponse:
         query = validate_query(request, limits=self._limits)
         principal.require_app(query.app, "app")
-        routed = await _storage_call(self._router.query_range(query))
+        try:
+            routed = await _storage_call(self._router.query_range(query))
+        except ResultTooLarge as error:
+            narrow = ("matchers", "group_by") if query.group_by else ("matchers",)
+            raise too_large(str(error), (*narrow, "step_ms", "stats")) from error
         if routed.comparison is not None:
             span.end_after(routed.comparison)  # its attributes land on this span
         span.set_attributes(
@@ -72,21 +77,7 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
                 "metaas.migration.stage": routed.stage.value,
             }
         )
-        names = [s.name for s in query.stats]
-        return query_pb2.QueryRangeResponse(
-            served_by=routed.served_by,
-            series=[
-                query_pb2.ResultSeries(
-                    labels=dict(group.labels),
-                    times_ms=group.times_ms,
-                    stats=[
-                        query_pb2.StatValues(stat=name, values=values)
-                        for name, values in zip(names, group.values, strict=True)
-                    ],
-                )
-                for group in routed.groups
-            ],
-        )
+        return await _response(routed.served_by, routed.groups, [s.name for s in query.stats])
 
     async def ListSeries(
         self,
@@ -126,16 +117,37 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
 async def _within_deadline(
     context: grpc.aio.ServicerContext[Any, Any], call: Coroutine[Any, Any, _T]
 ) -> _T:
-    """Run ``call`` within the caller's deadline; past it, backend calls are
-    cancelled and the caller gets DEADLINE_EXCEEDED at once."""
+    """Run ``call`` within the caller's deadline; past it, the call is
+    cancelled (backend calls, and the query's work at its next pause: see
+    ``query.pacing``) and the caller gets DEADLINE_EXCEEDED at once."""
     remaining = context.time_remaining()
     try:
         async with asyncio.timeout(remaining):
             return await call
     except TimeoutError as error:
         raise RequestError(
-            grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before storage answered"
+            grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the answer was ready"
         ) from error
+
+
+async def _response(
+    served_by: str, groups: Sequence[ResultGroup], names: list[str]
+) -> query_pb2.QueryRangeResponse:
+    """The answer as a message, built group by group with pauses: converting
+    the largest answers (LimitsConfig.max_result_values) takes about 0.2 s."""
+    response = query_pb2.QueryRangeResponse(served_by=served_by)
+    pacer = Pacer()
+    for group in groups:
+        response.series.add(
+            labels=dict(group.labels),
+            times_ms=group.times_ms,
+            stats=[
+                query_pb2.StatValues(stat=name, values=values)
+                for name, values in zip(names, group.values, strict=True)
+            ],
+        )
+        await pacer.pause()
+    return response
 
 
 async def _storage_call(call: Awaitable[_T]) -> _T:

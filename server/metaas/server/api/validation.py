@@ -8,12 +8,13 @@ MAX_VIOLATIONS), and a request with any is rejected whole.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 
 from metaas.server.api.errors import RequestError
 from metaas.server.config import LimitsConfig
@@ -25,8 +26,14 @@ from metaas.server.sketch.distribution import MINUTE_MS
 from metaas.v1 import ingest_pb2, query_pb2
 
 MAX_VIOLATIONS: Final = 20
-_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
-_LABEL_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+# The largest magnitude a written value may have. A count is an int64, so a
+# sum (stored or merged) adds fewer than 2**63 (about 9.2e18) values; each at
+# most 1e289 in magnitude, the sum stays within 9.3e307, below the largest
+# double (1.8e308): no sum of finite inputs overflows to infinity.
+MAX_ABS_VALUE: Final = 1e289
+# Names are checked with fullmatch: ``$`` would let a trailing newline through.
+_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]*")
+_LABEL_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -51,7 +58,7 @@ def _check_name(v: Violations, field: str, value: str, limits: LimitsConfig) -> 
         v.add(field, "is required")
     elif len(value) > limits.max_name_length:
         v.add(field, f"is {len(value)} characters; at most {limits.max_name_length}")
-    elif not _NAME.match(value):
+    elif not _NAME.fullmatch(value):
         v.add(field, "must start with a letter or digit and use only letters, digits and _ . : / -")
     else:
         return True
@@ -84,7 +91,7 @@ def _check_labels(
                 where,
                 f"label name is {len(name)} characters; at most {limits.max_label_name_length}",
             )
-        elif not _LABEL_NAME.match(name):
+        elif not _LABEL_NAME.fullmatch(name):
             v.add(where, "label name must start with a letter or _ and use letters, digits, _ . -")
         if not value:
             v.add(where, "label value is empty; leave the label out instead")
@@ -100,7 +107,7 @@ def _check_labels(
 def _label_ok(name: str, value: str, limits: LimitsConfig) -> bool:
     return (
         len(name) <= limits.max_label_name_length
-        and _LABEL_NAME.match(name) is not None
+        and _LABEL_NAME.fullmatch(name) is not None
         and 0 < len(value) <= limits.max_label_value_length
         and _CONTROL.search(value) is None
     )
@@ -164,8 +171,11 @@ def validate_write(
         if samples_ok:
             continue
         where = f"series[{i}]"
-        for j in np.flatnonzero(~np.isfinite(values))[:3].tolist():
-            v.add(f"{where}.values[{j}]", f"must be a finite number, not {values[j]}")
+        for j in np.flatnonzero(~_in_range(values))[:3].tolist():
+            if np.isfinite(values[j]):
+                v.add(f"{where}.values[{j}]", f"{values[j]} exceeds {MAX_ABS_VALUE} in magnitude")
+            else:
+                v.add(f"{where}.values[{j}]", f"must be a finite number, not {values[j]}")
         for j in np.flatnonzero(times < oldest)[:3].tolist():
             v.add(
                 f"{where}.times_ms[{j}]",
@@ -183,14 +193,21 @@ def validate_write(
 
 
 def _all_samples_ok(batches: list[SeriesBatch], oldest: int, newest: int) -> bool:
-    """Every value finite and every time within ``[oldest, newest]``, checked
-    over all series at once (series whose lengths differ are left out)."""
+    """Every value finite and within MAX_ABS_VALUE, and every time within
+    ``[oldest, newest]``, checked over all series at once (series whose
+    lengths differ are left out)."""
     usable = [b for b in batches if b.times_ms.size == b.values.size and b.times_ms.size]
     if not usable:
         return True
     times = np.concatenate([b.times_ms for b in usable])
     values = np.concatenate([b.values for b in usable])
-    return bool(np.isfinite(values).all() and times.min() >= oldest and times.max() <= newest)
+    return bool(_in_range(values).all() and times.min() >= oldest and times.max() <= newest)
+
+
+def _in_range(values: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Whether each value is finite and at most MAX_ABS_VALUE in magnitude
+    (NaN compares false)."""
+    return np.abs(values) <= MAX_ABS_VALUE
 
 
 def validate_query(request: query_pb2.QueryRangeRequest, *, limits: LimitsConfig) -> RangeQuery:
@@ -200,6 +217,7 @@ def validate_query(request: query_pb2.QueryRangeRequest, *, limits: LimitsConfig
     _check_labels(v, "matchers", request.matchers.items(), limits)
     check_range(v, request.start_ms, request.end_ms)
     step = request.step_ms or MINUTE_MS
+    buckets = 0
     if step < 0 or step % MINUTE_MS:
         v.add("step_ms", f"{request.step_ms} is not a positive multiple of 60000 (or 0 for 60000)")
     elif request.end_ms > request.start_ms:
@@ -211,24 +229,34 @@ def validate_query(request: query_pb2.QueryRangeRequest, *, limits: LimitsConfig
                 f"{limits.max_points_per_series}: use a larger step",
             )
     stats: list[Stat] = []
-    for k, name in enumerate(request.stats):
-        stat = parse_stat(name)
-        if stat is None:
-            v.add(f"stats[{k}]", f"unknown stat {name!r}; expected {ACCEPTED}")
-        else:
-            stats.append(stat)
+    if len(request.stats) > limits.max_stats:
+        v.add("stats", f"has {len(request.stats)} stats; at most {limits.max_stats}")
+    else:
+        for k, name in enumerate(request.stats):
+            stat = parse_stat(name)
+            if stat is None:
+                v.add(f"stats[{k}]", f"unknown stat {name!r}; expected {ACCEPTED}")
+            else:
+                stats.append(stat)
     if not request.stats:
         stats = [s for s in map(parse_stat, DEFAULT_STATS) if s is not None]
     if len(request.group_by) > limits.max_labels:
         v.add("group_by", f"has {len(request.group_by)} labels; at most {limits.max_labels}")
     seen: set[str] = set()
     for k, name in enumerate(request.group_by):
-        if not _LABEL_NAME.match(name) or len(name) > limits.max_label_name_length:
+        if not _LABEL_NAME.fullmatch(name) or len(name) > limits.max_label_name_length:
             v.add(f"group_by[{k}]", f"{name!r} is not a valid label name")
         elif name in seen:
             v.add(f"group_by[{k}]", f"{name!r} is repeated")
         seen.add(name)
     v.raise_if_any()
+    # Even one group would hold more than the answer may: refused unread.
+    if buckets * len(stats) > limits.max_result_values:
+        raise too_large(
+            f"the range holds {buckets:,} steps of {step} ms x {len(stats)} stats = "
+            f"{buckets * len(stats):,} values per group; at most {limits.max_result_values:,}",
+            ("step_ms", "stats"),
+        )
     matchers: Labels = tuple(sorted(request.matchers.items()))
     return RangeQuery(
         request.app,
@@ -239,6 +267,29 @@ def validate_query(request: query_pb2.QueryRangeRequest, *, limits: LimitsConfig
         step,
         tuple(stats),
         tuple(request.group_by),
+        limits.max_result_values,
+    )
+
+
+# What each field can do to shrink an answer, for too_large's hint.
+_SHRINK: Final = {
+    "matchers": "narrow matchers",
+    "group_by": "group by fewer labels",
+    "step_ms": "use a larger step_ms",
+    "stats": "ask for fewer stats",
+}
+
+
+def too_large(description: str, fields: Sequence[str]) -> RequestError:
+    """RESOURCE_EXHAUSTED for a query whose answer would hold more values
+    than LimitsConfig.max_result_values, naming ``fields`` (keys of _SHRINK)
+    as those that shrink it."""
+    hints = [_SHRINK[field] for field in fields]
+    message = f"{description}: {', '.join(hints[:-1])} or {hints[-1]}"
+    return RequestError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        message,
+        [(field, f"{description}: {_SHRINK[field]}") for field in fields],
     )
 
 

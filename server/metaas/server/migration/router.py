@@ -130,7 +130,13 @@ class MigrationRouter:
             assert shadow_role is not None
             shadow = asyncio.create_task(self._observe(shadow_role, query))
 
-        primary, error = await self._observe_raising(role, query)
+        try:
+            primary, error = await self._observe_raising(role, query)
+        except BaseException:
+            # Cancelled (the caller's deadline passed) or refused (too large):
+            # the shadow read of the same query stops too.
+            _cancel(shadow)
+            raise
         if error is not None and plan.fallback_allowed and role is Role.NEW:
             # The old backend still has every write: answer from it instead.
             self.window.record_read(app, role.value, True)

@@ -12,7 +12,9 @@ from metaas.server.sketch.distribution import quantiles_of_many
 
 _NAMED_QUANTILES: Final = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p999": 0.999}
 _EXACT: Final = ("count", "sum", "min", "max", "mean")
-_Q: Final = re.compile(r"^q(0(\.\d+)?|1(\.0+)?|\.\d+)$")
+# Used with fullmatch: ``$`` would let a trailing newline through. [0-9], not
+# \d, which matches any Unicode digit (and float() reads those too).
+_Q: Final = re.compile(r"q(0(\.[0-9]+)?|1(\.0+)?|\.[0-9]+)")
 ACCEPTED: Final = "count sum min max mean p50 p90 p95 p99 p999, or q<fraction> such as q0.75"
 DEFAULT_STATS: Final = ("count", "sum", "min", "max", "mean", "p50", "p90", "p99")
 
@@ -29,7 +31,7 @@ def parse_stat(name: str) -> Stat | None:
         return Stat(name)
     if name in _NAMED_QUANTILES:
         return Stat(name, _NAMED_QUANTILES[name])
-    if _Q.match(name):
+    if _Q.fullmatch(name):
         return Stat(name, float(name[1:]))
     return None
 

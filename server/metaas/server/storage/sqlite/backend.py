@@ -28,6 +28,8 @@ _PURGE_EVERY_MS: Final = 60_000
 # run on the event loop itself: the hop to the reader thread and back costs
 # more than they do. A read that finds more is done again on the thread.
 _INLINE_ROWS: Final = 1_000
+_LARGE_MEMORY: Final = 10_000
+_SERIES_MEMORY: Final = 200_000
 
 
 class SqliteStorage:
@@ -44,6 +46,14 @@ class SqliteStorage:
         self._reader: sqlite3.Connection | None = None
         self._inline: sqlite3.Connection | None = None
         self._last_purge_ms = 0
+        # Metrics whose last read found more than _INLINE_ROWS rows go to the
+        # reader thread directly, instead of first reading too many rows on
+        # the loop; and decoded labels by their stored text, since a query
+        # read in pieces sees each series again in every piece. Both are
+        # bounded: cleared when full. Used from the loop and the reader thread;
+        # single set and dict operations, safe under the interpreter lock.
+        self._large: set[tuple[str, str, Resolution]] = set()
+        self._series_of: dict[tuple[str, str, str], SeriesKey] = {}
 
     @property
     def name(self) -> str:
@@ -136,18 +146,55 @@ class SqliteStorage:
         resolution: Resolution = Resolution.MINUTE,
     ) -> Sequence[Partial]:
         start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
-        rows = self._select_inline(app, metric, start_ms, end_ms, resolution)
+        where = (app, metric, resolution)
+        rows = (
+            None
+            if where in self._large
+            else self._select_inline(app, metric, start_ms, end_ms, resolution)
+        )
         if rows is None:
-            rows = await self._run(
-                self._reader_thread, self._select_range, app, metric, start_ms, end_ms, resolution
+            # Selecting, decoding and building the partials all happen on the
+            # reader thread: the event loop only receives the result.
+            return await self._run(
+                self._reader_thread, self._read_range, app, metric, start_ms, end_ms, resolution
             )
         distributions = await _decode([row[4] for row in rows])
-        series_of: dict[str, SeriesKey] = {}
+        return self._partials(app, metric, resolution, rows, distributions)
+
+    def _read_range(
+        self, app: str, metric: str, start_ms: int, end_ms: int, resolution: Resolution
+    ) -> list[Partial]:
+        rows = self._select_range(app, metric, start_ms, end_ms, resolution)
+        where = (app, metric, resolution)
+        if len(rows) > _INLINE_ROWS:
+            if len(self._large) >= _LARGE_MEMORY:
+                self._large.clear()
+            self._large.add(where)
+        else:
+            self._large.discard(where)
+        try:
+            distributions = [codec.decode_distribution(row[4]) for row in rows]
+        except ValueError as error:
+            raise Invalid(f"undecodable stored item: {error}", backend=_NAME) from error
+        return self._partials(app, metric, resolution, rows, distributions)
+
+    def _partials(
+        self,
+        app: str,
+        metric: str,
+        resolution: Resolution,
+        rows: list[tuple[int, str, str, int, bytes]],
+        distributions: list[Distribution],
+    ) -> list[Partial]:
+        series_of = self._series_of
+        if len(series_of) >= _SERIES_MEMORY:
+            series_of.clear()
         partials = []
         for (minute, labels, writer, epoch, _), dist in zip(rows, distributions, strict=True):
-            series = series_of.get(labels)
+            key = (app, metric, labels)
+            series = series_of.get(key)
             if series is None:
-                series = series_of[labels] = SeriesKey(app, metric, decode_labels(labels))
+                series = series_of[key] = SeriesKey(app, metric, decode_labels(labels))
             partials.append(Partial(series, minute, writer, epoch, dist, resolution))
         return partials
 
