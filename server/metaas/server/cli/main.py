@@ -129,8 +129,7 @@ def main() -> None:
     envvar="METAAS_STREAM_IDLE_TIMEOUT_S",
     type=float,
     default=_DEFAULTS.limits.stream_idle_timeout_s,
-    help="A WriteStream with no message for this long is ended. "
-    "[env METAAS_STREAM_IDLE_TIMEOUT_S]",
+    help="A WriteStream with no message for this long is ended. [env METAAS_STREAM_IDLE_TIMEOUT_S]",
 )
 @click.option(
     "--max-backlog-bytes",
