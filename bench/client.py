@@ -4,6 +4,7 @@ they are queryable, and taking a query's serialized answer."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -29,6 +30,32 @@ def write_all(target: str, requests: list[ingest_pb2.WriteRequest], timeout_s: f
     with grpc.insecure_channel(target, options=_OPTIONS) as channel:
         stub = ingest_pb2_grpc.MetricsIngestStub(channel)
         return sum(stub.Write(r, timeout=timeout_s).accepted_samples for r in requests)
+
+
+def write_paced(
+    target: str,
+    requests: Iterable[ingest_pb2.WriteRequest],
+    *,
+    timeout_s: float = 120,
+    patience_s: float = 600,
+) -> tuple[int, float]:
+    """Write ``requests`` one after another; return the samples accepted and
+    the seconds spent waiting. A request refused with UNAVAILABLE (storage
+    is behind: nothing was applied) is sent again after a pause."""
+    accepted, waited = 0, 0.0
+    with grpc.insecure_channel(target, options=_OPTIONS) as channel:
+        stub = ingest_pb2_grpc.MetricsIngestStub(channel)
+        for request in requests:
+            while True:
+                try:
+                    accepted += stub.Write(request, timeout=timeout_s).accepted_samples
+                    break
+                except grpc.RpcError as error:
+                    if error.code() != grpc.StatusCode.UNAVAILABLE or waited > patience_s:
+                        raise
+                    time.sleep(1.0)
+                    waited += 1.0
+    return accepted, waited
 
 
 def query_bytes(target: str, query: dict[str, Any], timeout_s: float = 60) -> bytes:

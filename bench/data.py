@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,4 +138,170 @@ def many_series(
                 _series(app, labels, times, rng.normal(512, 64, per_series), "dyno.memory_mb")
             )
         requests.append(request)
+    return requests
+
+
+# The tenant scenario: router latency of one app, labelled by dyno and status.
+STATUSES = ("2xx", "3xx", "4xx", "5xx")
+ONE_SERIES = {"dyno": "web.1", "status": "2xx"}
+# Per Write: the server takes up to 10,000 series and 500,000 samples (16 MiB).
+_MAX_SERIES = 10_000
+_MAX_SAMPLES = 400_000
+
+
+def tenant_labels(series: int) -> list[dict[str, str]]:
+    """``series / 4`` dynos x the four status classes (fewer than four series:
+    one dyno each, 2xx). The first is always ``ONE_SERIES``."""
+    if series < len(STATUSES):
+        return [{"dyno": f"web.{n + 1}", "status": "2xx"} for n in range(series)]
+    if series % len(STATUSES):
+        raise ValueError(f"{series} series: a tenant has fewer than 4 or a multiple of 4")
+    return [{"dyno": f"web.{d + 1}", "status": s} for d in range(series // 4) for s in STATUSES]
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """One app's router latency: the last 60 minutes (up to ``now_ms``) at
+    ``per_minute`` samples per series-minute; before them, from the start of
+    the hour ``history_hours`` before the end of the current minute, one
+    sample per series every ``history_every_h`` hours (series staggered, so
+    every hour holds the same share of them)."""
+
+    app: str
+    series: int
+    now_ms: int
+    per_minute: int = 10
+    history_hours: int = 0
+    history_every_h: int = 1
+    seed: int = 13
+
+    @property
+    def current_minute(self) -> int:
+        return self.now_ms - self.now_ms % MINUTE_MS
+
+    @property
+    def recent_start(self) -> int:
+        return self.current_minute - 59 * MINUTE_MS
+
+    @property
+    def history_start(self) -> int:
+        first = self.current_minute + MINUTE_MS - self.history_hours * HOUR_MS
+        return first - first % HOUR_MS
+
+    @property
+    def samples(self) -> int:
+        return self.series * 60 * self.per_minute + self.history_samples
+
+    @property
+    def history_samples(self) -> int:
+        hours = -(-(self.recent_start - self.history_start) // HOUR_MS)
+        every = self.history_every_h
+        return sum(len(range((-n) % every, hours, every)) for n in range(self.series))
+
+    def requests(self) -> Iterator[ingest_pb2.WriteRequest]:
+        """The Writes, built one at a time, oldest data first: a bucket is
+        then nearly always stored whole, not merged into a stored row."""
+        rng = np.random.default_rng(self.seed)
+        labels = tenant_labels(self.series)
+        yield from self._history(rng, labels)
+        yield from self._recent(rng, labels)
+
+    def _history(
+        self, rng: np.random.Generator, labels: list[dict[str, str]]
+    ) -> Iterator[ingest_pb2.WriteRequest]:
+        every = self.history_every_h
+        hours = np.arange(self.history_start, self.recent_start, HOUR_MS)
+        block = max(1, _MAX_SAMPLES * every // max(1, self.series))
+        for first in range(0, hours.size, block):
+            span = hours[first : first + block]
+            for chunk in range(0, self.series, _MAX_SERIES):
+                request = ingest_pb2.WriteRequest()
+                for n in range(chunk, min(chunk + _MAX_SERIES, self.series)):
+                    mine = span[(np.arange(first, first + span.size) + n) % every == 0]
+                    if not mine.size:
+                        continue
+                    ends = np.minimum(mine + HOUR_MS, self.recent_start)
+                    times = mine + (rng.random(mine.size) * (ends - mine)).astype(np.int64)
+                    request.series.append(
+                        _series(self.app, labels[n], times, _latencies(rng, times.size))
+                    )
+                if request.series:
+                    yield request
+
+    def _recent(
+        self, rng: np.random.Generator, labels: list[dict[str, str]]
+    ) -> Iterator[ingest_pb2.WriteRequest]:
+        minutes = np.arange(self.recent_start, self.current_minute + MINUTE_MS, MINUTE_MS)
+        per_slice = max(1, _MAX_SAMPLES // (self.series * self.per_minute))
+        per_request = max(1, min(_MAX_SERIES, _MAX_SAMPLES // (per_slice * self.per_minute)))
+        for first in range(0, minutes.size, per_slice):
+            starts = np.repeat(minutes[first : first + per_slice], self.per_minute)
+            for chunk in range(0, self.series, per_request):
+                request = ingest_pb2.WriteRequest()
+                for n in range(chunk, min(chunk + per_request, self.series)):
+                    times = np.minimum(
+                        starts + rng.integers(0, MINUTE_MS, starts.size), self.now_ms
+                    )
+                    request.series.append(
+                        _series(self.app, labels[n], times, _latencies(rng, times.size))
+                    )
+                yield request
+
+
+# Query windows of the tenant scenario: (range, step).
+WINDOWS = {
+    "1h/1min": (HOUR_MS, MINUTE_MS),
+    "24h/5min": (DAY_MS, 5 * MINUTE_MS),
+    "7d/1h": (7 * DAY_MS, HOUR_MS),
+}
+# Query shapes of the tenant scenario: QueryRange fields beside the range.
+SHAPES: dict[str, dict[str, Any]] = {
+    "merged": {},
+    "by_status": {"group_by": ["status"]},
+    "one_series": {"matchers": ONE_SERIES},
+    "by_dyno": {"group_by": ["dyno"]},
+}
+
+
+def tenant_query(app: str, now_ms: int, window: str, shape: str) -> dict[str, Any]:
+    """A dashboard's query: up to the end of the current minute, starting on a
+    multiple of the step."""
+    span, step = WINDOWS[window]
+    end = now_ms - now_ms % MINUTE_MS + MINUTE_MS
+    start = end - span
+    start -= start % step
+    return {
+        "app": app,
+        "metric": METRIC,
+        "start_ms": start,
+        "end_ms": end,
+        "step_ms": step,
+        "stats": STATS,
+        **SHAPES[shape],
+    }
+
+
+def tenant_ingest_requests(
+    app: str,
+    now_ms: int,
+    *,
+    series: int = 10_000,
+    per_request: int = 100,
+    samples: int = 10_000,
+    seed: int = 14,
+) -> list[bytes]:
+    """The ingest scenario's 10,000-sample ``Write``s over a whole tenant:
+    request k holds series k * ``per_request`` onwards of ``tenant_labels``
+    (25 dynos x 4 statuses), so the requests together cover every series.
+    Stamped within the minute before ``now_ms``, without idempotency keys."""
+    rng = np.random.default_rng(seed)
+    labels = tenant_labels(series)
+    per_series = samples // per_request
+    requests = []
+    for first in range(0, series, per_request):
+        request = ingest_pb2.WriteRequest()
+        for n in range(first, min(first + per_request, series)):
+            times = np.sort(rng.integers(now_ms - MINUTE_MS, now_ms, per_series))
+            request.series.append(_series(app, labels[n], times, _latencies(rng, per_series)))
+        requests.append(request.SerializeToString())
     return requests

@@ -1,4 +1,5 @@
-"""The summary: headline figures, targets of issue 8, machine, and the table."""
+"""The summary: headline figures, targets of issue 8 (and, through
+``tenant_report``, of issue 13), machine, and the table."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from bench import tenant_report
+from bench._figures import get as _get
+from bench._figures import num as _num
+from bench._figures import ratio as _ratio
 
 Row = dict[str, Any]
 
@@ -24,20 +30,8 @@ TARGETS: list[tuple[str, str, float, str]] = [
     ("cassandra_query_7d_p99_ms", "<", 250, "7-day query p99 < 250 ms, Cassandra"),
     ("shadow_overhead_ratio", "<=", 1.10, "shadow at ratio 1.0 adds <= 10% to median latency"),
     ("rss_mib_100k_series", "<", 1024, "RSS < 1 GiB with 100,000 active series"),
+    *tenant_report.TARGETS,
 ]
-
-
-def _get(tree: dict[str, Any], *path: str) -> Any:
-    node: Any = tree
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-def _ratio(value: float | None, base: float | None) -> float | None:
-    return value / base if value is not None and base else None
 
 
 def headline(results: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +66,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     flat["shadow_overhead_ratio"] = _get(results, "shadow", "ratio")
     flat["shadow_inline_overhead_ratio"] = _get(results, "shadow_inline", "ratio")
     flat["rss_mib_100k_series"] = _get(results, "rss", "rss_mib")
-    return flat
+    return flat | tenant_report.headline(results)
 
 
 def targets(flat: dict[str, Any]) -> list[dict[str, Any]]:
@@ -117,14 +111,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _num(value: float | None, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.{digits}f}"
-
-
 def _met(flat: dict[str, Any], *keys: str) -> str:
     """yes, no or - (not measured), per target key."""
     found = {t["key"]: t["met"] for t in targets(flat)}
@@ -132,7 +118,17 @@ def _met(flat: dict[str, Any], *keys: str) -> str:
 
 
 def rows(results: dict[str, Any], flat: dict[str, Any]) -> list[Row]:
-    """One row per figure: value, baseline, ratio, target, whether met."""
+    """One row per figure: value, baseline, ratio, target, whether met; the
+    rows of the scenarios that ran."""
+    out: list[Row] = []
+    if any(results.get(k) for k in ("backends", "codec", "rss", "shadow", "shadow_inline")):
+        out += _issue8_rows(results, flat)
+    if results.get("tenant"):
+        out += tenant_report.rows(results, flat, lambda *keys: _met(flat, *keys))
+    return out
+
+
+def _issue8_rows(results: dict[str, Any], flat: dict[str, Any]) -> list[Row]:
     out: list[Row] = []
     ingest_base = flat["ingest_baseline_samples_per_s"]
     query_base = flat["query_baseline_qps"]

@@ -1,6 +1,7 @@
 """Run every scenario beside its baseline, print the table, write the JSON.
 
     python -m bench.run [--duration 10] [--backends sqlite,cassandra,dynamodb]
+                        [--only codec,backends,rss,shadow,tenant]
                         [--profile] [--out bench/results/latest.json]
 
 Cassandra (127.0.0.1:9042) and the DynamoDB emulator (127.0.0.1:8000) are
@@ -20,10 +21,11 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench import codec, report, scenarios
+from bench import codec, report, scenarios, tenant
 from bench._process import BIN, ROOT, Child, metaas_server
 from bench.ghz import available as ghz_available
 from bench.profile import Profiler
@@ -32,6 +34,9 @@ T = TypeVar("T")
 CASSANDRA = ("127.0.0.1", 9042)
 DYNAMODB = ("127.0.0.1", 8000)
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+# ``--only`` names: the codec; ingest, query and 7 days on each backend; RSS
+# and shadow (embedded store); the tenant scenario of issue 13 on each backend.
+SCENARIOS = ("codec", "backends", "rss", "shadow", "tenant")
 
 
 def _log(message: str) -> None:
@@ -131,6 +136,29 @@ def _dynamodb_schema(storage: str) -> bool:
     return True
 
 
+def _storages(
+    runner: Runner, backends: list[str], work: Path, *, needed: bool
+) -> dict[str, tuple[str, dict[str, str] | None]]:
+    """The storage URL (and server environment) of each selected backend that
+    answers; the others are listed under ``skipped``."""
+    found: dict[str, tuple[str, dict[str, str] | None]] = {}
+    skipped = runner.results["skipped"]
+    if "sqlite" in backends:
+        found["sqlite"] = (f"sqlite:///{work / 'sqlite.db'}", None)
+    if "cassandra" in backends and needed:
+        if _reachable(CASSANDRA):
+            found["cassandra"] = ("cassandra://127.0.0.1:9042/metaas_bench", None)
+        else:
+            skipped["cassandra"] = "not reachable on 127.0.0.1:9042"
+    if "dynamodb" in backends and needed:
+        storage = "dynamodb://metaas_bench?endpoint=http://127.0.0.1:8000&region=us-east-1"
+        if not _reachable(DYNAMODB):
+            skipped["dynamodb"] = "not reachable on 127.0.0.1:8000"
+        elif runner.step("dynamodb: schema", lambda: _dynamodb_schema(storage)) is not None:
+            found["dynamodb"] = (storage, AWS_ENV)
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument(
@@ -144,6 +172,11 @@ def main() -> int:
         default=os.environ.get("BENCH_BACKENDS", "sqlite,cassandra,dynamodb"),
         help="comma-separated (BENCH_BACKENDS)",
     )
+    parser.add_argument(
+        "--only",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated scenarios to run, of {', '.join(SCENARIOS)} (default: all)",
+    )
     parser.add_argument("--profile", action="store_true", help="also profile with py-spy")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
@@ -151,6 +184,9 @@ def main() -> int:
         _log("ghz is missing from .tools/bin: run scripts/bench.sh, which installs it")
         return 2
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    if unknown := only - set(SCENARIOS):
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))}; of {', '.join(SCENARIOS)}")
     run_id = uuid.uuid4().hex[:8]
     work = ROOT / "data" / f"bench-{run_id}"
     work.mkdir(parents=True)
@@ -172,27 +208,33 @@ def main() -> int:
     }
     began = time.monotonic()
     try:
-        results["codec"] = runner.step("codec", codec.run)
-        if "sqlite" in backends:
-            runner.backend("sqlite", f"sqlite:///{work / 'sqlite.db'}")
-            results["rss"] = runner.step("rss: 100,000 series", lambda: scenarios.rss(settings))
-            results["shadow"] = runner.step(
-                "shadow vs off, 1 shadow worker", lambda: scenarios.shadow(settings, workers=1)
-            )
-            results["shadow_inline"] = runner.step(
-                "shadow vs off, on the serving loop", lambda: scenarios.shadow(settings, workers=0)
-            )
-        if "cassandra" in backends:
-            if _reachable(CASSANDRA):
-                runner.backend("cassandra", "cassandra://127.0.0.1:9042/metaas_bench")
-            else:
-                results["skipped"]["cassandra"] = "not reachable on 127.0.0.1:9042"
-        if "dynamodb" in backends:
-            storage = "dynamodb://metaas_bench?endpoint=http://127.0.0.1:8000&region=us-east-1"
-            if not _reachable(DYNAMODB):
-                results["skipped"]["dynamodb"] = "not reachable on 127.0.0.1:8000"
-            elif runner.step("dynamodb: schema", lambda: _dynamodb_schema(storage)) is not None:
-                runner.backend("dynamodb", storage, env=AWS_ENV)
+        storages = _storages(runner, backends, work, needed="backends" in only or "tenant" in only)
+        if "codec" in only:
+            results["codec"] = runner.step("codec", codec.run)
+        for name, (storage, env) in storages.items():
+            if "backends" in only:
+                runner.backend(name, storage, env=env)
+            if name != "sqlite":
+                continue
+            if "rss" in only:
+                results["rss"] = runner.step("rss: 100,000 series", lambda: scenarios.rss(settings))
+            if "shadow" in only:
+                results["shadow"] = runner.step(
+                    "shadow vs off, 1 shadow worker", lambda: scenarios.shadow(settings, workers=1)
+                )
+                results["shadow_inline"] = runner.step(
+                    "shadow vs off, on the serving loop",
+                    lambda: scenarios.shadow(settings, workers=0),
+                )
+        if "tenant" in only:
+            results["tenant"] = {}
+            for name, (storage, env) in storages.items():
+                # Its own database file: the embedded store's figures do not
+                # depend on what the other scenarios stored.
+                where = f"sqlite:///{work / 'tenant.db'}" if name == "sqlite" else storage
+                results["tenant"][name] = runner.step(
+                    f"{name}: tenant", partial(tenant.run, settings, name, where, env)
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["elapsed_s"] = round(time.monotonic() - began, 1)

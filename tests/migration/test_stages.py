@@ -163,14 +163,15 @@ def test_mismatches_found_then_verified_and_repaired(migrating) -> None:  # type
 
         progress = list(client.verify_range(APP, minute - MINUTE, minute + MINUTE))
         assert progress[-1].done
-        # The minute, and the hourly rollup that holds it.
-        assert progress[-1].partials_mismatched == 2
+        # The minute and the hourly rollup that holds it, of the series and
+        # of its two views (the whole metric, and by status).
+        assert progress[-1].partials_mismatched == 6
         assert progress[-1].partials_repaired == 0
         assert all("missing on new" in sample for sample in progress[-1].samples)
         assert any(" hour from " in sample for sample in progress[-1].samples)
 
         repaired = list(client.verify_range(APP, minute - MINUTE, minute + MINUTE, repair=True))
-        assert repaired[-1].partials_repaired == 2
+        assert repaired[-1].partials_repaired == 6
         assert probe.count("new", APP, "latency", ("dyno", "web.1")) == 2
         assert (
             list(client.verify_range(APP, minute - MINUTE, minute + MINUTE))[-1].partials_mismatched

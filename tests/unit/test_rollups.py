@@ -22,6 +22,7 @@ from metaas.server.query.engine import QueryEngine, RangeQuery, plan_reads
 from metaas.server.query.stats import Stat, evaluate, parse_stat
 from metaas.server.sketch import Distribution
 from metaas.server.storage import Storage, StorageContext, codec, open_storage
+from metaas.server.storage.sqlite.schema import SCHEMA_VERSION
 from tests.conformance.conftest import RETENTION_MS, FixedClock
 
 MINUTE = 60_000
@@ -266,7 +267,9 @@ async def test_a_version_1_sqlite_file_gets_its_rollups_on_open(tmp_path: Path) 
         (hour + HOUR, "w2"): (first_epoch + 60, 2),
     }
     with sqlite3.connect(path) as connection:
-        assert connection.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert connection.execute("SELECT version FROM schema_version").fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
 
 
 async def test_rebuild_writes_the_rollups_minutes_lack(tmp_path: Path) -> None:

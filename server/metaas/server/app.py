@@ -66,6 +66,7 @@ async def _shadow_pool(
         retention_ms=settings.retention.retention_ms,
         codec=settings.codec,
         rollups_from_ms=settings.query.rollups_from_ms,
+        views=settings.views,
     )
     pool = ShadowPool(setup, workers=migration.shadow_workers)
     try:
@@ -127,6 +128,7 @@ async def serve(
                     retention_ms=retention_ms,
                     clock=clock,
                     rollups_from_ms=settings.query.rollups_from_ms,
+                    views=settings.views,
                 ),
                 flags=(
                     open_flags(migration.flags_file, migration.flags_provider, telemetry)
@@ -146,6 +148,7 @@ async def serve(
                 clock=clock,
                 telemetry=telemetry,
                 routing=router.write_targets,
+                views=settings.views,
             )
             await pipeline.start()
             _tune_runtime()

@@ -8,11 +8,15 @@ fast with a message naming the setting and what it accepts.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 DAY_MS: Final = 86_400_000
+MAX_PROJECTIONS: Final = 8
+# The label names a write accepts (api/validation.py).
+_LABEL_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
 class ConfigError(ValueError):
@@ -113,6 +117,9 @@ class IngestConfig:
     # memory or disk growing without limit while storage is behind.
     max_backlog_bytes: int = 1024 * 1024 * 1024
     max_aggregates: int = 2_000_000
+    # Estimated memory of the aggregates being built or waiting to be stored:
+    # past it a backfill waits for storage instead of piling up in memory.
+    max_aggregate_bytes: int = 512 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.flush_interval_s <= 3600:
@@ -129,6 +136,12 @@ class IngestConfig:
                 self.idempotency_max_bytes,
                 "bytes >= 1024",
             )
+        if self.max_aggregate_bytes < 65536:
+            raise ConfigError(
+                "METAAS_MAX_AGGREGATE_BYTES / --max-aggregate-bytes",
+                self.max_aggregate_bytes,
+                "bytes >= 65536",
+            )
         if self.hot_minutes < 1:
             raise ConfigError("hot minutes", self.hot_minutes, "an integer >= 1")
 
@@ -143,6 +156,47 @@ class QueryConfig:
     def __post_init__(self) -> None:
         if self.rollups_from_ms < 0:
             raise ConfigError("METAAS_ROLLUPS_FROM / --rollups-from", self.rollups_from_ms, ">= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ViewsConfig:
+    """Aggregates kept at ingest beside each series' partials, for the
+    queries dashboards ask (see docs/architecture.md, "Views"): the whole
+    metric merged, always, and one projection per label named here."""
+
+    projections: tuple[str, ...] = ("status",)
+    # Views hold data from this time on (Unix ms): a query reads series for
+    # the time before it. Set it to the upgrade time on data stored before
+    # views existed, until `metaas views rebuild` has run for every app.
+    from_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.projections) > MAX_PROJECTIONS or len(set(self.projections)) != len(
+            self.projections
+        ):
+            raise ConfigError(
+                "METAAS_VIEWS / --views",
+                ",".join(self.projections),
+                f"at most {MAX_PROJECTIONS} distinct label names, or none",
+            )
+        for name in self.projections:
+            if not _LABEL_NAME.fullmatch(name):
+                raise ConfigError(
+                    "METAAS_VIEWS / --views",
+                    name,
+                    "label names (a letter or _, then letters, digits and _ . -, up to 64 "
+                    "characters), comma-separated, or none",
+                )
+        if self.from_ms < 0:
+            raise ConfigError("METAAS_VIEWS_FROM / --views-from", self.from_ms, ">= 0")
+
+    @classmethod
+    def parse(cls, text: str, from_ms: int = 0) -> ViewsConfig:
+        """``--views``: comma-separated label names, or ``none``."""
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        if names == ["none"]:
+            names = []
+        return cls(tuple(names), from_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +344,7 @@ class Settings:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)

@@ -42,6 +42,35 @@ def decode_labels(text: str) -> Labels:
     return tuple(sorted(decoded.items()))
 
 
+# Views (docs/architecture.md) are stored as metrics of their own, named
+# ``<metric>#`` (the whole metric merged) and ``<metric>#<label>`` (its
+# projection on one label). Metric names a write accepts cannot hold "#".
+VIEW_MARK = "#"
+
+
+def view_metric(metric: str, projection: str | None) -> str:
+    """The stored metric of ``metric``'s view: merged whole (``None``) or
+    projected on the label ``projection``."""
+    return f"{metric}{VIEW_MARK}{projection or ''}"
+
+
+def is_view(metric: str) -> bool:
+    return VIEW_MARK in metric
+
+
+def views_of(series: SeriesKey, projections: tuple[str, ...]) -> list[SeriesKey]:
+    """The view series a sample of ``series`` also lands in: the whole
+    metric's, then one per projection, labelled with the series' value of
+    that label ("" when it has none, as a query groups it)."""
+    labels = series.label_map
+    views = [SeriesKey(series.app, view_metric(series.metric, None))]
+    for name in projections:
+        views.append(
+            SeriesKey(series.app, view_metric(series.metric, name), ((name, labels.get(name, "")),))
+        )
+    return views
+
+
 class Resolution(enum.IntEnum):
     """Length of the time bucket a partial aggregates, in milliseconds.
 

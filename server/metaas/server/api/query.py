@@ -16,6 +16,7 @@ from metaas.server.api.tracing import RpcSpan, rpc_span
 from metaas.server.api.validation import too_large, validate_list_series, validate_query
 from metaas.server.config import LimitsConfig
 from metaas.server.migration.router import MigrationRouter
+from metaas.server.model import is_view
 from metaas.server.query import Pacer, ResultGroup, ResultTooLarge
 from metaas.server.storage.errors import StorageError
 from metaas.v1 import query_pb2, query_pb2_grpc
@@ -105,7 +106,10 @@ class MetricsQueryServicer(query_pb2_grpc.MetricsQueryServicer):
                 request.app, request.start_ms, request.end_ms, request.metric or None
             )
         )
-        ordered = sorted(found, key=lambda s: (s.metric, s.labels))
+        # Views are stored as metrics of their own; they are not the app's.
+        ordered = sorted(
+            (s for s in found if not is_view(s.metric)), key=lambda s: (s.metric, s.labels)
+        )
         return query_pb2.ListSeriesResponse(
             series=[
                 query_pb2.SeriesDescriptor(metric=s.metric, labels=s.label_map) for s in ordered

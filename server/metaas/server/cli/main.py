@@ -26,6 +26,7 @@ from metaas.server.config import (
     SecurityConfig,
     ServerConfig,
     Settings,
+    ViewsConfig,
 )
 from metaas.server.storage.errors import StorageError
 
@@ -140,6 +141,14 @@ def main() -> None:
     "[env METAAS_MAX_BACKLOG_BYTES]",
 )
 @click.option(
+    "--max-aggregate-bytes",
+    envvar="METAAS_MAX_AGGREGATE_BYTES",
+    type=int,
+    default=_DEFAULTS.ingest.max_aggregate_bytes,
+    help="Estimated memory of aggregates not yet stored before writes get UNAVAILABLE "
+    "(a backfill waits for storage). [env METAAS_MAX_AGGREGATE_BYTES]",
+)
+@click.option(
     "--migration-target",
     envvar="METAAS_MIGRATION_TARGET",
     help="Storage URL of the backend to migrate to; turns migration on. "
@@ -171,6 +180,22 @@ def main() -> None:
     help="Hours before this time (ISO 8601 or Unix ms) are read from minutes, not "
     "hourly rollups: for data stored before rollups existed, until `metaas rollups "
     "rebuild` has run for every app. [env METAAS_ROLLUPS_FROM]",
+)
+@click.option(
+    "--views",
+    envvar="METAAS_VIEWS",
+    default=",".join(_DEFAULTS.views.projections),
+    help="Labels whose projection is aggregated at ingest beside the whole metric, so "
+    "queries grouped or matched by one of them read one view instead of every series "
+    "(comma-separated, or none). [env METAAS_VIEWS]",
+)
+@click.option(
+    "--views-from",
+    envvar="METAAS_VIEWS_FROM",
+    type=TIMESTAMP,
+    help="Views hold data from this time on (ISO 8601 or Unix ms); earlier times are "
+    "read from series: set it to the upgrade time on data stored before views existed, "
+    "until `metaas views rebuild` has run for every app. [env METAAS_VIEWS_FROM]",
 )
 @click.option(
     "--shadow-workers",
@@ -291,11 +316,14 @@ def serve(
     max_inflight_bytes: int,
     stream_idle_timeout_s: float,
     max_backlog_bytes: int,
+    max_aggregate_bytes: int,
     migration_target: str | None,
     flags: Path | None,
     flags_provider: str | None,
     shadow_timeout_s: float,
     rollups_from: int | None,
+    views: str,
+    views_from: int | None,
     shadow_workers: int,
     compare_tolerance: float,
     compare_ignore_newest_minutes: int,
@@ -333,6 +361,7 @@ def serve(
                 idempotency_window_s=idempotency_window_s,
                 idempotency_max_bytes=idempotency_max_bytes,
                 max_backlog_bytes=max_backlog_bytes,
+                max_aggregate_bytes=max_aggregate_bytes,
             ),
             limits=LimitsConfig(
                 max_inflight_requests=max_inflight_requests,
@@ -342,6 +371,7 @@ def serve(
             ),
             retention=RetentionConfig(days=retention_days),
             query=QueryConfig(rollups_from_ms=rollups_from or 0),
+            views=ViewsConfig.parse(views, views_from or 0),
             codec=CodecConfig(compression, compression_threshold_bytes),
             security=SecurityConfig(tls_cert, tls_key, tls_client_ca, auth_tokens, insecure),
             migration=MigrationConfig(
@@ -475,6 +505,94 @@ def rollups_rebuild(
     except StorageError as error:
         raise click.ClickException(f"storage: {error}") from error
     click.echo(f"rebuilt {written} hourly rollups over {done} metric-hours of app {app}")
+
+
+@main.group()
+def views() -> None:
+    """Views: the aggregates kept at ingest for whole-app and per-label queries."""
+
+
+@views.command("rebuild")
+@click.option(
+    "--storage",
+    envvar="METAAS_STORAGE",
+    default=_DEFAULTS.storage_url,
+    help="Storage URL. [env METAAS_STORAGE]",
+)
+@click.option("--app", required=True)
+@click.option(
+    "--views",
+    "projections",
+    envvar="METAAS_VIEWS",
+    default=",".join(_DEFAULTS.views.projections),
+    help="The projected labels, as the servers use them. [env METAAS_VIEWS]",
+)
+@click.option("--since", type=DURATION, default="30d", help="Range ending now, e.g. 6h, 7d.")
+@click.option("--start", type=TIMESTAMP, help="Range start; overrides --since.")
+@click.option(
+    "--end",
+    type=TIMESTAMP,
+    help="Range end, exclusive (default: the start of the newest hour no server still holds).",
+)
+@click.option("--metric", "metrics", multiple=True, help="Only this metric (repeatable).")
+@click.option(
+    "--retention-days",
+    envvar="METAAS_RETENTION_DAYS",
+    type=int,
+    default=_DEFAULTS.retention.days,
+    help="Nothing older is read.",
+)
+def views_rebuild(
+    storage: str,
+    app: str,
+    projections: str,
+    since: int,
+    start: int | None,
+    end: int | None,
+    metrics: tuple[str, ...],
+    retention_days: int,
+) -> None:
+    """Rewrite an app's views (minutes and hourly rollups) from its stored
+    series, for data stored before views existed or before a label was
+    added to --views (every hour the range touches)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from metaas.server.model import Resolution
+    from metaas.server.storage import StorageContext, open_storage
+    from metaas.server.storage.views import rebuild
+
+    try:
+        config = ViewsConfig.parse(projections)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
+    now_ms = time.time_ns() // 1_000_000
+    end_ms = end if end is not None else Resolution.HOUR.floor(now_ms - 10 * 60_000)
+    start_ms = start if start is not None else now_ms - since
+
+    async def run() -> tuple[int, int]:
+        context = StorageContext(RetentionConfig(days=retention_days).retention_ms)
+        opened = await open_storage(storage, context)
+        columns = (TextColumn("metric-hours"), BarColumn(), MofNCompleteColumn())
+        written = done = 0
+        try:
+            with Progress(*columns) as bar:
+                task = bar.add_task("rebuild", total=None)
+                async for step in rebuild(
+                    opened, app, start_ms, end_ms, config.projections, metrics=metrics
+                ):
+                    bar.update(task, total=step.hours_total, completed=step.hours_done)
+                    written, done = step.partials_written, step.hours_done
+        finally:
+            await opened.close()
+        return done, written
+
+    try:
+        done, written = asyncio.run(run())
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
+    except StorageError as error:
+        raise click.ClickException(f"storage: {error}") from error
+    click.echo(f"rebuilt {written} view partials over {done} metric-hours of app {app}")
 
 
 for command in (write, query, demo, migration):

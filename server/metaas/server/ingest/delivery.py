@@ -8,6 +8,10 @@ that work (reported through ``on_complete``). FIFO order per target keeps the
 epoch invariant of docs/architecture.md: when segment ``e`` is stored on a
 target, every earlier segment with work for that target is stored there too.
 
+Queued work is memory: ``held_bytes`` estimates it (each partial counted
+once, however many targets it goes to) until every target stores it, so
+admission can push writes back while a backend is behind.
+
 Deleting is cleanup, not delivery: a failed ``on_complete`` is retried with
 backoff by its own task while later segments keep being stored, and every
 worker runs under ``keep_running``, so no failed step stops delivery for good.
@@ -65,6 +69,15 @@ class _Work:
     queued_at: float = field(default_factory=time.monotonic)
 
 
+@dataclass(slots=True)
+class _Outstanding:
+    """A queued segment: the targets that still have to store its work, and
+    the estimated memory of its partials, held until they all have."""
+
+    targets: set[str]
+    nbytes: int
+
+
 class _Target:
     def __init__(self, name: str, storage: Storage) -> None:
         self.name = name
@@ -91,7 +104,8 @@ class Delivery:
     ) -> None:
         self._targets = {name: _Target(name, storage) for name, storage in targets.items()}
         self._on_complete = on_complete
-        self._outstanding: dict[SegmentId, set[str]] = {}
+        self._outstanding: dict[SegmentId, _Outstanding] = {}
+        self._held_bytes = 0
         # Segments stored everywhere whose cleanup failed, in retry order.
         self._uncleaned: dict[SegmentId, _Failure] = {}
         self._cleanup_error: Exception | None = None  # the latest failure
@@ -140,6 +154,12 @@ class Delivery:
 
     def lag_s(self) -> dict[str, float]:
         return {name: target.lag_s() for name, target in self._targets.items()}
+
+    @property
+    def held_bytes(self) -> int:
+        """Estimated memory of the partials queued and not yet stored on
+        every target that has them (PendingPartial.nbytes, each once)."""
+        return self._held_bytes
 
     def problems(self) -> list[str]:
         """One line per step failing now: storing on a backend, a worker that
@@ -191,7 +211,9 @@ class Delivery:
         if not names:
             await self._complete(segment)
             return
-        self._outstanding[segment] = set(names)
+        nbytes = _distinct_bytes([parts[name] for name in names])
+        self._outstanding[segment] = _Outstanding(set(names), nbytes)
+        self._held_bytes += nbytes
         for name in sorted(names, key=list(self._targets).index):
             target = self._targets[name]
             target.queue.append(_Work(segment, parts[name]))
@@ -238,9 +260,10 @@ class Delivery:
             target.crashed = None
             remaining = self._outstanding.get(work.segment)
             if remaining is not None:
-                remaining.discard(target.name)
-                if not remaining:
+                remaining.targets.discard(target.name)
+                if not remaining.targets:
                     del self._outstanding[work.segment]
+                    self._held_bytes -= remaining.nbytes
                     await self._complete(work.segment)
 
     def _worker_failed(self, target: _Target, error: Exception) -> None:
@@ -376,3 +399,18 @@ class Delivery:
 
     def _observe_uncleaned(self, _options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(len(self._uncleaned))
+
+
+def _distinct_bytes(parts: list[list[PendingPartial]]) -> int:
+    """Estimated memory of the partials in ``parts``; one that several
+    targets share is one object, counted once."""
+    if len(parts) == 1:
+        return sum(p.nbytes for p in parts[0])
+    seen: set[int] = set()
+    total = 0
+    for pending in parts:
+        for partial in pending:
+            if id(partial) not in seen:
+                seen.add(id(partial))
+                total += partial.nbytes
+    return total

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from metaas.server.clock import Clock
-from metaas.server.config import IngestConfig
+from metaas.server.config import IngestConfig, ViewsConfig
 from metaas.server.ingest import records
 from metaas.server.ingest.aggregator import Aggregator, PendingPartial
 from metaas.server.ingest.delivery import Delivery, SegmentId
@@ -54,6 +54,7 @@ class IngestPipeline:
         clock: Clock,
         telemetry: Telemetry,
         routing: WriteRouting | None = None,
+        views: ViewsConfig | None = None,
     ) -> None:
         self._config = config
         self._retention_ms = retention_ms
@@ -64,7 +65,9 @@ class IngestPipeline:
         # A fresh writer identity per run: partials flushed by an earlier run
         # are never overwritten by this one's (smaller) in-memory state.
         self.generation = secrets.token_hex(8)
-        self._aggregator = Aggregator(hot_minutes=config.hot_minutes)
+        # The labels projected into views, for live writes and replays alike.
+        self._views = views.projections if views is not None else None
+        self._aggregator = Aggregator(hot_minutes=config.hot_minutes, views=self._views)
         self._keys = IdempotencyKeys(
             int(config.idempotency_window_s * 1000), config.idempotency_max_bytes, clock
         )
@@ -172,6 +175,14 @@ class IngestPipeline:
                 f"{self._config.max_aggregates})",
                 retry_after_s=self._config.flush_interval_s,
             )
+        held = self._aggregator.held_bytes + self._delivery.held_bytes
+        limit = self._config.max_aggregate_bytes
+        if held > limit:
+            raise Overloaded(
+                f"about {held >> 20} MiB of aggregates in memory, being aggregated or waiting "
+                f"to be stored (limit {limit >> 20} MiB, --max-aggregate-bytes): storage is behind",
+                retry_after_s=self._config.flush_interval_s,
+            )
 
     async def _append(
         self,
@@ -265,7 +276,7 @@ class IngestPipeline:
         while self._old_segments:
             segment = self._old_segments[0]
             aggregator = await asyncio.to_thread(
-                _aggregate_segment, segment, self._config.hot_minutes, cutoff
+                _aggregate_segment, segment, self._config.hot_minutes, cutoff, self._views
             )
             pending = aggregator.take_dirty()
             log.info("recovering wal segment %s (%d aggregates)", segment.path.name, len(pending))
@@ -305,9 +316,11 @@ def _read_records(segment: Segment) -> list[records.WriteRecord | list[records.K
         return []
 
 
-def _aggregate_segment(segment: Segment, hot_minutes: int, cutoff_ms: int) -> Aggregator:
+def _aggregate_segment(
+    segment: Segment, hot_minutes: int, cutoff_ms: int, views: tuple[str, ...] | None
+) -> Aggregator:
     """A segment's writes as deltas (runs on a worker thread)."""
-    aggregator = Aggregator(hot_minutes=hot_minutes, all_incomplete=True)
+    aggregator = Aggregator(hot_minutes=hot_minutes, all_incomplete=True, views=views)
     for record in _read_records(segment):
         if isinstance(record, records.WriteRecord):
             request = ingest_pb2.WriteRequest.FromString(record.request)

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from metaas.server.config import CodecConfig
+from metaas.server.config import CodecConfig, ViewsConfig
 from metaas.server.migration.compare import compare_results
 from metaas.server.migration.stages import Role
 from metaas.server.query import QueryEngine, RangeQuery, ResultGroup
@@ -74,6 +74,7 @@ class Setup:
     retention_ms: int
     codec: CodecConfig
     rollups_from_ms: int = 0
+    views: ViewsConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +313,7 @@ def _serve(connection: Connection, setup: Setup) -> None:
         retention_ms=setup.retention_ms,
         clock=context.clock,
         rollups_from_ms=setup.rollups_from_ms,
+        views=setup.views,
     )
     storages: dict[str, Storage] = {}
     try:
@@ -359,8 +361,17 @@ async def _check(engine: QueryEngine, storage: Storage, task: Task) -> Checked:
 
 
 def setup_of(
-    urls: Mapping[Role, str], *, retention_ms: int, codec: CodecConfig, rollups_from_ms: int = 0
+    urls: Mapping[Role, str],
+    *,
+    retention_ms: int,
+    codec: CodecConfig,
+    rollups_from_ms: int = 0,
+    views: ViewsConfig | None = None,
 ) -> Setup:
     return Setup(
-        {role.value: url for role, url in urls.items()}, retention_ms, codec, rollups_from_ms
+        {role.value: url for role, url in urls.items()},
+        retention_ms,
+        codec,
+        rollups_from_ms,
+        views,
     )

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from metaas.server.clock import Clock
-from metaas.server.model import Labels, Partial, Resolution, SeriesKey
+from metaas.server.config import ViewsConfig
+from metaas.server.model import Labels, Partial, Resolution, SeriesKey, view_metric
 from metaas.server.query.pacing import Pacer
 from metaas.server.query.stats import Stat, evaluate_many
 from metaas.server.sketch import Distribution
@@ -34,6 +35,10 @@ from metaas.server.storage.base import PartialReader
 # for about 10-15 ms; the piece after the first is sized from the density of
 # the last. A piece spans at least one bucket however many series it holds.
 PIECE_ROWS: Final = 2048
+# The first piece of a metric not read yet: enough buckets that a light
+# query (a dashboard panel's few series over its last minutes) takes one
+# read, few enough that a heavy one's first piece stays small.
+FIRST_UNITS: Final = 16
 # A piece spans at most this many times the previous one's span, so a
 # sparse stretch (little data yet) does not make the next piece huge.
 _PIECE_GROWTH: Final = 4
@@ -89,10 +94,19 @@ class ResultTooLarge(Exception):
 
 
 class QueryEngine:
-    def __init__(self, *, retention_ms: int, clock: Clock, rollups_from_ms: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        retention_ms: int,
+        clock: Clock,
+        rollups_from_ms: int = 0,
+        views: ViewsConfig | None = None,
+    ) -> None:
         self._retention_ms = retention_ms
         self._clock = clock
         self._rollups_from_ms = rollups_from_ms
+        # None: no views are stored (every query reads its series).
+        self._views = views
         # Partials per bucket of each metric and resolution, as last read:
         # the first piece of the next read is sized from it, so the queries
         # dashboards repeat take one read each.
@@ -105,10 +119,12 @@ class QueryEngine:
             return []
         pacer = Pacer()
         answer = _Answer(query)
-        for first, end, resolution in plan_reads(query, start, self._rollups_from_ms):
-            key = (query.app, query.metric, resolution)
+        for metric, first, end, resolution in plan_sources(
+            query, start, self._rollups_from_ms, self._views
+        ):
+            key = (query.app, metric, resolution)
             units = first_units(self._densities.get(key))
-            rows = await _read(reader, query, first, end, resolution, units, answer, pacer)
+            rows = await _read(reader, query, metric, first, end, resolution, units, answer, pacer)
             self._remember(key, rows / -(-(end - first) // resolution))
         results = []
         for group in sorted(answer.groups):
@@ -121,6 +137,40 @@ class QueryEngine:
         if len(self._densities) >= _DENSITIES_KEPT:
             del self._densities[next(iter(self._densities))]  # the least recent
         self._densities[key] = density
+
+
+def view_for(query: RangeQuery, views: ViewsConfig) -> str | None:
+    """The view that answers ``query`` exactly: ``""`` for the whole metric
+    (no matchers, no grouping), a projection's label when the matchers and
+    the grouping name that label only; None when only the series can."""
+    names = {name for name, _ in query.matchers} | set(query.group_by)
+    if not names:
+        return ""
+    if len(names) == 1 and (name := next(iter(names))) in views.projections:
+        return name
+    return None
+
+
+def plan_sources(
+    query: RangeQuery, start_ms: int, rollups_from_ms: int = 0, views: ViewsConfig | None = None
+) -> list[tuple[str, int, int, Resolution]]:
+    """The reads that answer ``query`` from ``start_ms``: ``(metric, start,
+    end, resolution)``, where ``metric`` is the query's own or the stored
+    metric of the view that answers it (from ``views.from_ms`` on; whole
+    buckets only, so no bucket is read from both)."""
+    reads = plan_reads(query, start_ms, rollups_from_ms)
+    view = view_for(query, views) if views is not None else None
+    if view is None or views is None:
+        return [(query.metric, first, end, resolution) for first, end, resolution in reads]
+    stored = view_metric(query.metric, view or None)
+    sources = []
+    for first, end, resolution in reads:
+        split = min(max(first, resolution.ceil(views.from_ms)), end)
+        if first < split:
+            sources.append((query.metric, first, split, resolution))
+        if split < end:
+            sources.append((stored, split, end, resolution))
+    return sources
 
 
 def plan_reads(
@@ -148,6 +198,7 @@ def plan_reads(
 async def _read(
     reader: PartialReader,
     query: RangeQuery,
+    metric: str,
     first: int,
     end: int,
     resolution: Resolution,
@@ -161,7 +212,7 @@ async def _read(
 
     def read(start: int, stop: int) -> asyncio.Task[Sequence[Partial]]:
         return asyncio.ensure_future(
-            reader.read_partials(query.app, query.metric, start, stop, resolution)
+            reader.read_partials(query.app, metric, start, stop, resolution)
         )
 
     rows = 0
@@ -200,7 +251,7 @@ def piece_end(start: int, end: int, units: int, resolution: Resolution) -> int:
 def first_units(density: float | None) -> int:
     """The span of a read's first piece, in buckets, given the partials per
     bucket the last read of its metric found (None: not read yet)."""
-    return max(1, int(PIECE_ROWS / density)) if density else 1
+    return max(1, int(PIECE_ROWS / density)) if density else FIRST_UNITS
 
 
 def next_units(units: int, rows: int) -> int:

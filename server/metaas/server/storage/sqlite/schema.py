@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Final
 
-from metaas.server.config import CodecConfig
+from metaas.server.config import CodecConfig, ViewsConfig
 from metaas.server.model import Partial, Resolution, SeriesKey, decode_labels
 from metaas.server.storage import codec
 from metaas.server.storage.rollups import rollups_of
+from metaas.server.storage.views import views_from_series
 
 # 2: hourly rollups (the table ``hourly``).
-SCHEMA_VERSION: Final = 2
+# 3: views (docs/architecture.md), derived for data stored before them.
+SCHEMA_VERSION: Final = 3
 # The table of each resolution; both have the same columns, and ``minute`` is
 # the bucket's first minute.
 TABLES: Final = {Resolution.MINUTE: "partials", Resolution.HOUR: "hourly"}
@@ -55,6 +58,8 @@ def apply(connection: sqlite3.Connection, codec_config: CodecConfig | None = Non
             )
         if found == 1:
             _build_hourly(connection, codec_config or CodecConfig())
+        if found in (1, 2):
+            _build_views(connection, codec_config or CodecConfig())
         if found != SCHEMA_VERSION:
             connection.execute("DELETE FROM schema_version")
             connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -62,40 +67,63 @@ def apply(connection: sqlite3.Connection, codec_config: CodecConfig | None = Non
 
 def _build_hourly(connection: sqlite3.Connection, codec_config: CodecConfig) -> None:
     """Version 1 to 2: derive each writer's hourly rollups from its stored
-    minutes (``rollups.rollups_of``). Rows come in key order, so one
-    (app, metric, hour) at a time is held in memory."""
-    current: tuple[str, str, int] | None = None
-    minutes: list[Partial] = []
+    minutes (``rollups.rollups_of``)."""
+    _derive(connection, codec_config, rollups_of)
 
-    def write() -> None:
-        connection.executemany(
-            "INSERT OR REPLACE INTO hourly "
-            "(app, metric, minute, labels, writer, epoch, distribution) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
+
+def _build_views(connection: sqlite3.Connection, codec_config: CodecConfig) -> None:
+    """Version 2 to 3: derive the views of the default ``--views`` (minutes
+    and hourly rollups) from the stored series, so the whole-app and
+    per-status queries of data stored before views existed read them."""
+    projections = ViewsConfig().projections
+
+    def derive(minutes: list[Partial]) -> list[Partial]:
+        views = views_from_series(minutes, projections)
+        return [*views, *rollups_of(views)]
+
+    _derive(connection, codec_config, derive)
+
+
+def _derive(
+    connection: sqlite3.Connection,
+    codec_config: CodecConfig,
+    derive: Callable[[list[Partial]], list[Partial]],
+) -> None:
+    """Store ``derive(minutes)`` for the stored minutes of each (app, metric,
+    hour), one hour at a time, in the table of each derived partial's
+    resolution. The hours are listed first, so no cursor reads a table while
+    it is written."""
+    hours = connection.execute(
+        "SELECT DISTINCT app, metric, minute - minute % ? FROM partials",
+        (int(Resolution.HOUR),),
+    ).fetchall()
+    for app, metric, hour in hours:
+        minutes = [
+            Partial(
+                SeriesKey(app, metric, decode_labels(labels)),
+                minute,
+                writer,
+                epoch,
+                codec.decode_distribution(blob),
+            )
+            for minute, labels, writer, epoch, blob in connection.execute(
+                "SELECT minute, labels, writer, epoch, distribution FROM partials "
+                "WHERE app = ? AND metric = ? AND minute >= ? AND minute < ?",
+                (app, metric, hour, hour + Resolution.HOUR),
+            )
+        ]
+        for partial in derive(minutes):
+            connection.execute(
+                f"INSERT OR REPLACE INTO {TABLES[partial.resolution]} "  # noqa: S608 - constant names
+                "(app, metric, minute, labels, writer, epoch, distribution) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    p.series.app,
-                    p.series.metric,
-                    p.minute_ms,
-                    p.series.labels_key,
-                    p.writer,
-                    p.epoch,
-                    codec.encode_distribution(p.distribution, codec_config).data,
-                )
-                for p in rollups_of(minutes)
-            ],
-        )
-        minutes.clear()
-
-    cursor = connection.execute(
-        "SELECT app, metric, minute, labels, writer, epoch, distribution FROM partials "
-        "ORDER BY app, metric, minute, labels, writer"
-    )
-    for app, metric, minute, labels, writer, epoch, blob in cursor:
-        bucket = (app, metric, Resolution.HOUR.floor(minute))
-        if bucket != current:
-            write()
-            current = bucket
-        series = SeriesKey(app, metric, decode_labels(labels))
-        minutes.append(Partial(series, minute, writer, epoch, codec.decode_distribution(blob)))
-    write()
+                    partial.series.app,
+                    partial.series.metric,
+                    partial.minute_ms,
+                    partial.series.labels_key,
+                    partial.writer,
+                    partial.epoch,
+                    codec.encode_distribution(partial.distribution, codec_config).data,
+                ),
+            )
