@@ -29,7 +29,11 @@ SERVICES = (INGEST, QUERY, ADMIN)
 # a bound closed (with a grace for RPCs in flight), and keepalive pings that
 # find dead peers. Port reuse is off so that a second server on the same
 # address fails to bind instead of sharing its traffic.
-_MAX_CONCURRENT_STREAMS = 128
+# Above the in-flight limit (512 by default), so that admission, with its
+# RESOURCE_EXHAUSTED and retry hint, is what refuses a burst: streams past
+# this cap are reset by HTTP/2 (REFUSED_STREAM), which a client sees as a
+# bare UNAVAILABLE when it opens them before the server's settings arrive.
+_MAX_CONCURRENT_STREAMS = 1000
 _MAX_CONNECTION_IDLE_MS = 5 * 60_000
 _MAX_CONNECTION_AGE_MS = 60 * 60_000
 _MAX_CONNECTION_AGE_GRACE_MS = 60_000
