@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import click
 
@@ -28,6 +30,7 @@ from metaas.server.config import (
     Settings,
     ViewsConfig,
 )
+from metaas.server.storage.base import Storage
 from metaas.server.storage.errors import StorageError
 
 _DEFAULTS = Settings()
@@ -472,16 +475,48 @@ def rollups_rebuild(
 ) -> None:
     """Rewrite an app's hourly rollups from its stored minutes, for data
     stored before rollups existed (every hour the range touches)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from metaas.server.model import Resolution
-    from metaas.server.storage import StorageContext, open_storage
     from metaas.server.storage.rollups import rebuild
+
+    start_ms, end_ms = _rebuild_range(since, start, end)
+    done, written = _run_rebuild(
+        storage,
+        retention_days,
+        lambda opened: rebuild(opened, app, start_ms, end_ms, metrics=metrics),
+        lambda step: step.rollups_written,
+    )
+    click.echo(f"rebuilt {written} hourly rollups over {done} metric-hours of app {app}")
+
+
+def _rebuild_range(since: int, start: int | None, end: int | None) -> tuple[int, int]:
+    """A rebuild's ``[start, end)``: the end defaults to the start of the
+    newest hour no server still holds in memory."""
+    from metaas.server.model import Resolution
 
     now_ms = time.time_ns() // 1_000_000
     # Servers keep an hour in memory until its last minute is 3 minutes old.
     end_ms = end if end is not None else Resolution.HOUR.floor(now_ms - 10 * 60_000)
-    start_ms = start if start is not None else now_ms - since
+    return (start if start is not None else now_ms - since), end_ms
+
+
+_P = TypeVar("_P", bound="_HourlyProgress")
+
+
+class _HourlyProgress(Protocol):
+    hours_total: int
+    hours_done: int
+
+
+def _run_rebuild(
+    storage: str,
+    retention_days: int,
+    rebuild: Callable[[Storage], AsyncIterator[_P]],
+    written_of: Callable[[_P], int],
+) -> tuple[int, int]:
+    """Run ``rebuild`` on the opened ``storage`` with a progress bar over its
+    metric-hours; return (metric-hours done, partials written)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from metaas.server.storage import StorageContext, open_storage
 
     async def run() -> tuple[int, int]:
         context = StorageContext(RetentionConfig(days=retention_days).retention_ms)
@@ -491,20 +526,19 @@ def rollups_rebuild(
         try:
             with Progress(*columns) as bar:
                 task = bar.add_task("rebuild", total=None)
-                async for step in rebuild(opened, app, start_ms, end_ms, metrics=metrics):
+                async for step in rebuild(opened):
                     bar.update(task, total=step.hours_total, completed=step.hours_done)
-                    written, done = step.rollups_written, step.hours_done
+                    written, done = written_of(step), step.hours_done
         finally:
             await opened.close()
         return done, written
 
     try:
-        done, written = asyncio.run(run())
+        return asyncio.run(run())
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
     except StorageError as error:
         raise click.ClickException(f"storage: {error}") from error
-    click.echo(f"rebuilt {written} hourly rollups over {done} metric-hours of app {app}")
 
 
 @main.group()
@@ -555,43 +589,19 @@ def views_rebuild(
     """Rewrite an app's views (minutes and hourly rollups) from its stored
     series, for data stored before views existed or before a label was
     added to --views (every hour the range touches)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from metaas.server.model import Resolution
-    from metaas.server.storage import StorageContext, open_storage
     from metaas.server.storage.views import rebuild
 
     try:
         config = ViewsConfig.parse(projections)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
-    now_ms = time.time_ns() // 1_000_000
-    end_ms = end if end is not None else Resolution.HOUR.floor(now_ms - 10 * 60_000)
-    start_ms = start if start is not None else now_ms - since
-
-    async def run() -> tuple[int, int]:
-        context = StorageContext(RetentionConfig(days=retention_days).retention_ms)
-        opened = await open_storage(storage, context)
-        columns = (TextColumn("metric-hours"), BarColumn(), MofNCompleteColumn())
-        written = done = 0
-        try:
-            with Progress(*columns) as bar:
-                task = bar.add_task("rebuild", total=None)
-                async for step in rebuild(
-                    opened, app, start_ms, end_ms, config.projections, metrics=metrics
-                ):
-                    bar.update(task, total=step.hours_total, completed=step.hours_done)
-                    written, done = step.partials_written, step.hours_done
-        finally:
-            await opened.close()
-        return done, written
-
-    try:
-        done, written = asyncio.run(run())
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from error
-    except StorageError as error:
-        raise click.ClickException(f"storage: {error}") from error
+    start_ms, end_ms = _rebuild_range(since, start, end)
+    done, written = _run_rebuild(
+        storage,
+        retention_days,
+        lambda opened: rebuild(opened, app, start_ms, end_ms, config.projections, metrics=metrics),
+        lambda step: step.partials_written,
+    )
     click.echo(f"rebuilt {written} view partials over {done} metric-hours of app {app}")
 
 
