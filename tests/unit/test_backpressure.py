@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +31,6 @@ HOUR = 3_600_000
 SERIES = SeriesKey.of("a", "m", {"dyno": "web.1"})
 # Encoded sketch: version and zero count, then offset, length, width per store.
 _SKETCH_HEADERS = 9 + 2 * 9
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(START)
-
-
-@pytest.fixture
-async def storage(tmp_path: Path, clock: FixedClock) -> AsyncIterator[Storage]:
-    opened = await open_storage(
-        f"sqlite:///{tmp_path / 'db.sqlite'}", StorageContext(RETENTION_MS, clock=clock)
-    )
-    yield opened
-    await opened.close()
 
 
 def batch(times: list[int], values: list[float] | None = None) -> SeriesBatch:

@@ -16,26 +16,12 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoi
 
 from metaas.server.config import IngestConfig
 from metaas.server.ingest.pipeline import IngestPipeline
-from metaas.server.storage import Storage, StorageContext, open_storage
+from metaas.server.storage import Storage
 from metaas.server.telemetry import Telemetry
 from tests.conformance.conftest import RETENTION_MS, FixedClock
 from tests.unit.test_pipeline import START, stored_count, write
 
 MINUTE = 60_000
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(START)
-
-
-@pytest.fixture
-async def storage(tmp_path: Path, clock: FixedClock) -> AsyncIterator[Storage]:
-    opened = await open_storage(
-        f"sqlite:///{tmp_path / 'db.sqlite'}", StorageContext(RETENTION_MS, clock=clock)
-    )
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import gc
 import logging
 import struct
 import tracemalloc
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,29 +25,15 @@ from metaas.server.ingest.idempotency import (
 )
 from metaas.server.ingest.pipeline import IngestPipeline
 from metaas.server.ingest.wal import WriteAheadLog
-from metaas.server.storage import Storage, StorageContext, open_storage
+from metaas.server.storage import Storage
 from metaas.server.telemetry import noop
 from metaas.v1 import ingest_pb2
 from tests.conformance.conftest import RETENTION_MS, FixedClock
+from tests.unit.conftest import START
 from tests.unit.test_pipeline import crash
 
 MINUTE = 60_000
-START = 1_800_000_000_000
 WINDOW_S = 600.0
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(START)
-
-
-@pytest.fixture
-async def storage(tmp_path: Path, clock: FixedClock) -> AsyncIterator[Storage]:
-    opened = await open_storage(
-        f"sqlite:///{tmp_path / 'db.sqlite'}", StorageContext(RETENTION_MS, clock=clock)
-    )
-    yield opened
-    await opened.close()
 
 
 def pipeline(

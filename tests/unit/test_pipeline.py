@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +19,9 @@ from metaas.server.storage import Storage, StorageContext, Unavailable, open_sto
 from metaas.server.telemetry import noop
 from metaas.v1 import ingest_pb2
 from tests.conformance.conftest import RETENTION_MS, FixedClock
+from tests.unit.conftest import START
 
 MINUTE = 60_000
-START = 1_800_000_000_000
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(START)
-
-
-@pytest.fixture
-async def storage(tmp_path: Path, clock: FixedClock) -> AsyncIterator[Storage]:
-    opened = await open_storage(
-        f"sqlite:///{tmp_path / 'db.sqlite'}", StorageContext(RETENTION_MS, clock=clock)
-    )
-    yield opened
-    await opened.close()
 
 
 def pipeline(wal: Path, storage: Storage, clock: FixedClock) -> IngestPipeline:
