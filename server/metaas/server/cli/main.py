@@ -436,34 +436,51 @@ def schema_apply(storage: str, retention_days: int) -> None:
         raise click.ClickException(f"storage: {error}") from error
 
 
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+def _rebuild_options(command: _F) -> _F:
+    """The options every ``rebuild`` command takes: where, which app, and
+    which range and metrics."""
+    options = (
+        click.option(
+            "--storage",
+            envvar="METAAS_STORAGE",
+            default=_DEFAULTS.storage_url,
+            help="Storage URL. [env METAAS_STORAGE]",
+        ),
+        click.option("--app", required=True),
+        click.option(
+            "--since", type=DURATION, default="30d", help="Range ending now, e.g. 6h, 7d."
+        ),
+        click.option("--start", type=TIMESTAMP, help="Range start; overrides --since."),
+        click.option(
+            "--end",
+            type=TIMESTAMP,
+            help="Range end, exclusive (default: the start of the newest hour no server "
+            "still holds).",
+        ),
+        click.option("--metric", "metrics", multiple=True, help="Only this metric (repeatable)."),
+        click.option(
+            "--retention-days",
+            envvar="METAAS_RETENTION_DAYS",
+            type=int,
+            default=_DEFAULTS.retention.days,
+            help="Nothing older is read.",
+        ),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.group()
 def rollups() -> None:
     """Hourly rollups (what queries on whole hours read)."""
 
 
 @rollups.command("rebuild")
-@click.option(
-    "--storage",
-    envvar="METAAS_STORAGE",
-    default=_DEFAULTS.storage_url,
-    help="Storage URL. [env METAAS_STORAGE]",
-)
-@click.option("--app", required=True)
-@click.option("--since", type=DURATION, default="30d", help="Range ending now, e.g. 6h, 7d.")
-@click.option("--start", type=TIMESTAMP, help="Range start; overrides --since.")
-@click.option(
-    "--end",
-    type=TIMESTAMP,
-    help="Range end, exclusive (default: the start of the newest hour no server still holds).",
-)
-@click.option("--metric", "metrics", multiple=True, help="Only this metric (repeatable).")
-@click.option(
-    "--retention-days",
-    envvar="METAAS_RETENTION_DAYS",
-    type=int,
-    default=_DEFAULTS.retention.days,
-    help="Nothing older is read.",
-)
+@_rebuild_options
 def rollups_rebuild(
     storage: str,
     app: str,
@@ -547,34 +564,13 @@ def views() -> None:
 
 
 @views.command("rebuild")
-@click.option(
-    "--storage",
-    envvar="METAAS_STORAGE",
-    default=_DEFAULTS.storage_url,
-    help="Storage URL. [env METAAS_STORAGE]",
-)
-@click.option("--app", required=True)
+@_rebuild_options
 @click.option(
     "--views",
     "projections",
     envvar="METAAS_VIEWS",
     default=",".join(_DEFAULTS.views.projections),
     help="The projected labels, as the servers use them. [env METAAS_VIEWS]",
-)
-@click.option("--since", type=DURATION, default="30d", help="Range ending now, e.g. 6h, 7d.")
-@click.option("--start", type=TIMESTAMP, help="Range start; overrides --since.")
-@click.option(
-    "--end",
-    type=TIMESTAMP,
-    help="Range end, exclusive (default: the start of the newest hour no server still holds).",
-)
-@click.option("--metric", "metrics", multiple=True, help="Only this metric (repeatable).")
-@click.option(
-    "--retention-days",
-    envvar="METAAS_RETENTION_DAYS",
-    type=int,
-    default=_DEFAULTS.retention.days,
-    help="Nothing older is read.",
 )
 def views_rebuild(
     storage: str,
