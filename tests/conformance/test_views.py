@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import pytest
 from metaas.server.api.validation import validate_write
 from metaas.server.config import IngestConfig, LimitsConfig, ViewsConfig
 from metaas.server.ingest.pipeline import IngestPipeline
-from metaas.server.model import Labels, Partial, Resolution, view_metric
+from metaas.server.model import Labels, Partial, Resolution, SeriesKey, view_metric
 from metaas.server.query import QueryEngine, RangeQuery, ResultGroup
 from metaas.server.query.stats import parse_stat
 from metaas.server.storage import Storage
@@ -45,10 +45,21 @@ class Spy:
         self.metrics: set[str] = set()
 
     async def read_partials(
-        self, app: str, metric: str, start_ms: int, end_ms: int, resolution: Resolution
+        self,
+        app: str,
+        metric: str,
+        start_ms: int,
+        end_ms: int,
+        resolution: Resolution,
+        series: Collection[SeriesKey] | None = None,
     ) -> Sequence[Partial]:
         self.metrics.add(metric)
-        return await self.inner.read_partials(app, metric, start_ms, end_ms, resolution)
+        return await self.inner.read_partials(app, metric, start_ms, end_ms, resolution, series)
+
+    async def find_series(
+        self, app: str, metric: str, start_ms: int, end_ms: int, matchers: Labels
+    ) -> Sequence[SeriesKey]:
+        return await self.inner.find_series(app, metric, start_ms, end_ms, matchers)
 
 
 def _pipeline(wal: Path, storage: Storage, clock: FixedClock) -> IngestPipeline:

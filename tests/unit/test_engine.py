@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import pytest
 
-from metaas.server.model import Labels, Partial, Resolution, SeriesKey
+from metaas.server.model import Labels, Partial, Resolution, SeriesKey, matches
 from metaas.server.query import engine
 from metaas.server.query.engine import (
     QueryEngine,
@@ -44,6 +44,7 @@ class MemoryReader:
     def __init__(self, partials: list[Partial]) -> None:
         self.partials = sorted(partials, key=lambda p: (p.minute_ms, p.series.labels, p.writer))
         self.reads: list[tuple[int, int, Resolution]] = []
+        self.finds: list[Labels] = []
         self.delay_s = 0.0
         self.fifth_read = asyncio.Event()
 
@@ -54,6 +55,7 @@ class MemoryReader:
         start_ms: int,
         end_ms: int,
         resolution: Resolution = Resolution.MINUTE,
+        series: Collection[SeriesKey] | None = None,
     ) -> Sequence[Partial]:
         self.reads.append((start_ms, end_ms, resolution))
         if len(self.reads) == 5:
@@ -67,7 +69,22 @@ class MemoryReader:
             and p.series.metric == metric
             and p.resolution is resolution
             and start_ms <= p.minute_ms < end_ms
+            and (series is None or p.series in series)
         ]
+
+    async def find_series(
+        self, app: str, metric: str, start_ms: int, end_ms: int, matchers: Labels
+    ) -> Sequence[SeriesKey]:
+        self.finds.append(matchers)
+        found = {
+            p.series
+            for p in self.partials
+            if p.series.app == app
+            and p.series.metric == metric
+            and start_ms <= p.minute_ms < end_ms
+            and matches(p.series.labels, matchers)
+        }
+        return sorted(found, key=lambda s: s.labels)
 
 
 def partials(series: int, minutes: int, writers: int = 1, distinct: int = 64) -> list[Partial]:

@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from metaas.server.config import CodecConfig
 from metaas.server.ingest.aggregator import Aggregator
 from metaas.server.ingest.flusher import write_pending
 from metaas.server.ingest.records import SeriesBatch
-from metaas.server.model import Partial, Resolution, SeriesKey
+from metaas.server.model import Labels, Partial, Resolution, SeriesKey
 from metaas.server.query.engine import QueryEngine, RangeQuery, plan_reads
 from metaas.server.query.stats import Stat, evaluate, parse_stat
 from metaas.server.sketch import Distribution
@@ -61,10 +61,16 @@ class Spy:
         start_ms: int,
         end_ms: int,
         resolution: Resolution = Resolution.MINUTE,
+        series: Collection[SeriesKey] | None = None,
     ) -> Sequence[Partial]:
-        found = await self.inner.read_partials(app, metric, start_ms, end_ms, resolution)
+        found = await self.inner.read_partials(app, metric, start_ms, end_ms, resolution, series)
         self.reads.append((start_ms, end_ms, resolution, len(found)))
         return found
+
+    async def find_series(
+        self, app: str, metric: str, start_ms: int, end_ms: int, matchers: Labels
+    ) -> Sequence[SeriesKey]:
+        return await self.inner.find_series(app, metric, start_ms, end_ms, matchers)
 
 
 @pytest.fixture

@@ -33,6 +33,14 @@ class SeriesKey:
         return dict(self.labels)
 
 
+def matches(labels: Labels, matchers: Labels) -> bool:
+    """Whether sorted ``labels`` hold every one of ``matchers`` (name, value)."""
+    if not matchers:
+        return True
+    held = dict(labels)
+    return all(held.get(name) == value for name, value in matchers)
+
+
 def encode_labels(labels: Labels) -> str:
     return json.dumps(dict(labels), separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 

@@ -24,7 +24,7 @@ from typing import Final
 
 from metaas.server.clock import Clock
 from metaas.server.config import ViewsConfig
-from metaas.server.model import Labels, Partial, Resolution, SeriesKey, view_metric
+from metaas.server.model import Labels, Partial, Resolution, SeriesKey, matches, view_metric
 from metaas.server.query.pacing import Pacer
 from metaas.server.query.stats import Stat, evaluate_many
 from metaas.server.sketch import Distribution
@@ -50,6 +50,9 @@ _DENSITIES_KEPT: Final = 4096
 _GROUP_STEP: Final = 512
 _MERGE_STEP: Final = 128
 _EVALUATE_STEP: Final = 128
+
+
+_DensityKey = tuple[str, str, Resolution, int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +113,9 @@ class QueryEngine:
         # Partials per bucket of each metric and resolution, as last read:
         # the first piece of the next read is sized from it, so the queries
         # dashboards repeat take one read each.
-        self._densities: dict[tuple[str, str, Resolution], float] = {}
+        # Keyed by app, metric, resolution and the number of series selected
+        # (None: all).
+        self._densities: dict[_DensityKey, float] = {}
 
     async def query_range(self, reader: PartialReader, query: RangeQuery) -> list[ResultGroup]:
         """Groups sorted by labels; each with the buckets that have data."""
@@ -119,12 +124,23 @@ class QueryEngine:
             return []
         pacer = Pacer()
         answer = _Answer(query)
-        for metric, first, end, resolution in plan_sources(
-            query, start, self._rollups_from_ms, self._views
-        ):
-            key = (query.app, metric, resolution)
+        sources = plan_sources(query, start, self._rollups_from_ms, self._views)
+        selection: Sequence[SeriesKey] | None = None
+        if query.matchers and any(metric == query.metric for metric, *_ in sources):
+            # Storage narrows the series reads to the matching series: the
+            # read costs what they hold, not what the metric stores.
+            selection = await reader.find_series(
+                query.app, query.metric, start, query.end_ms, query.matchers
+            )
+        for metric, first, end, resolution in sources:
+            series = selection if metric == query.metric else None
+            if series is not None and not series:
+                continue  # no series matches: nothing to read
+            key = (query.app, metric, resolution, None if series is None else len(series))
             units = first_units(self._densities.get(key))
-            rows = await _read(reader, query, metric, first, end, resolution, units, answer, pacer)
+            rows = await _read(
+                reader, query, metric, first, end, resolution, series, units, answer, pacer
+            )
             self._remember(key, rows / -(-(end - first) // resolution))
         results = []
         for group in sorted(answer.groups):
@@ -132,7 +148,7 @@ class QueryEngine:
             results.append(await _result(group, answer.groups.pop(group), query.stats, pacer))
         return results
 
-    def _remember(self, key: tuple[str, str, Resolution], density: float) -> None:
+    def _remember(self, key: _DensityKey, density: float) -> None:
         self._densities.pop(key, None)
         if len(self._densities) >= _DENSITIES_KEPT:
             del self._densities[next(iter(self._densities))]  # the least recent
@@ -202,17 +218,18 @@ async def _read(
     first: int,
     end: int,
     resolution: Resolution,
+    series: Sequence[SeriesKey] | None,
     units: int,
     answer: _Answer,
     pacer: Pacer,
 ) -> int:
-    """Read ``[first, end)`` in pieces, the first spanning ``units`` buckets,
-    in time order, into ``answer``; each piece is merged while the next one
-    is read. Returns the number of partials read."""
+    """Read ``[first, end)`` of ``series`` (None: all) in pieces, the first
+    spanning ``units`` buckets, in time order, into ``answer``; each piece is
+    merged while the next one is read. Returns the number of partials read."""
 
     def read(start: int, stop: int) -> asyncio.Task[Sequence[Partial]]:
         return asyncio.ensure_future(
-            reader.read_partials(query.app, metric, start, stop, resolution)
+            reader.read_partials(query.app, metric, start, stop, resolution, series)
         )
 
     rows = 0
@@ -300,7 +317,7 @@ class _Answer:
                 group = group_of[labels]
             else:
                 series = partial.series
-                matched = _matches(series, query.matchers)
+                matched = matches(series.labels, query.matchers)
                 group = _group_labels(series, query.group_by) if matched else None
                 group_of[labels] = group
             if group is None:
@@ -341,11 +358,6 @@ async def _merged(distributions: list[Distribution], pacer: Pacer) -> Distributi
         await pacer.pause()
         merged = Distribution.merged([merged, *distributions[first : first + _MERGE_STEP]])
     return merged
-
-
-def _matches(series: SeriesKey, matchers: Labels) -> bool:
-    labels = series.label_map
-    return all(labels.get(name) == value for name, value in matchers)
 
 
 def _group_labels(series: SeriesKey, group_by: Sequence[str]) -> Labels:

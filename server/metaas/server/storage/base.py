@@ -7,10 +7,10 @@ and passes the conformance suite in ``tests/conformance``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
-from metaas.server.model import Partial, PartialKey, Resolution, SeriesKey
+from metaas.server.model import Labels, Partial, PartialKey, Resolution, SeriesKey
 
 
 class PartialWriter(Protocol):
@@ -29,9 +29,22 @@ class PartialReader(Protocol):
         start_ms: int,
         end_ms: int,
         resolution: Resolution = Resolution.MINUTE,
+        series: Collection[SeriesKey] | None = None,
     ) -> Sequence[Partial]:
         """Every partial of the metric at ``resolution`` whose bucket starts
-        in ``[start_ms, end_ms)``, from every writer, in any order."""
+        in ``[start_ms, end_ms)``, from every writer, in any order; only
+        those of ``series`` (of this app and metric) when it is given, which
+        narrows the read before anything is decoded."""
+        ...
+
+    async def find_series(
+        self, app: str, metric: str, start_ms: int, end_ms: int, matchers: Labels
+    ) -> Sequence[SeriesKey]:
+        """The metric's series whose labels hold every matcher (a name with
+        that value) and that may have data in ``[start_ms, end_ms)``: every
+        one that has, and maybe some that have not (an index knows hours, or
+        the retention, not minutes). ``matchers`` is not empty. Reads an
+        index, never a distribution."""
         ...
 
     async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:

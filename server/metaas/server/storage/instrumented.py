@@ -4,12 +4,12 @@ backend call. It implements the same Protocol as what it wraps."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TypeVar
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from metaas.server.model import Partial, PartialKey, Resolution, SeriesKey
+from metaas.server.model import Labels, Partial, PartialKey, Resolution, SeriesKey
 from metaas.server.storage.base import Storage
 from metaas.server.storage.errors import StorageError
 from metaas.server.telemetry import Telemetry
@@ -62,9 +62,18 @@ class InstrumentedStorage:
         start_ms: int,
         end_ms: int,
         resolution: Resolution = Resolution.MINUTE,
+        series: Collection[SeriesKey] | None = None,
     ) -> Sequence[Partial]:
         return await self._call(
-            "read_partials", self._inner.read_partials(app, metric, start_ms, end_ms, resolution)
+            "read_partials",
+            self._inner.read_partials(app, metric, start_ms, end_ms, resolution, series),
+        )
+
+    async def find_series(
+        self, app: str, metric: str, start_ms: int, end_ms: int, matchers: Labels
+    ) -> Sequence[SeriesKey]:
+        return await self._call(
+            "find_series", self._inner.find_series(app, metric, start_ms, end_ms, matchers)
         )
 
     async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:

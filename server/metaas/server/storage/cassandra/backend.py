@@ -7,12 +7,20 @@ from asyncio.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Final
 
 from opentelemetry.trace import SpanKind
 
-from metaas.server.model import Partial, PartialKey, Resolution, SeriesKey, decode_labels
+from metaas.server.model import (
+    Labels,
+    Partial,
+    PartialKey,
+    Resolution,
+    SeriesKey,
+    decode_labels,
+    matches,
+)
 from metaas.server.sketch import Distribution
 from metaas.server.storage import codec
 from metaas.server.storage.cassandra import schema
@@ -25,6 +33,10 @@ from metaas.server.storage.errors import Invalid
 # Series-hours this process has indexed; past this many the memory is reset
 # (which costs a few redundant index writes, nothing else).
 _INDEXED_LIMIT: Final = 200_000
+# A read of at most this many selected series asks each partition for their
+# rows only (bucket starts x series, as clustering prefixes); a read of more
+# takes the partition's rows and drops the others before decoding them.
+_SEEK_SERIES: Final = 64
 
 _SeriesHour = tuple[str, int, str, str]  # app, hour, metric, labels
 _PageHandler = Callable[[list[Row]], Awaitable[None]]
@@ -51,6 +63,16 @@ _CQL: Final = {
     "select_range": (
         "SELECT minute, labels, writer, epoch, distribution FROM {ks}.partials "
         "WHERE app = ? AND metric = ? AND hour = ? AND minute >= ? AND minute < ?",
+        True,
+    ),
+    "select_series_range": (
+        "SELECT minute, labels, writer, epoch, distribution FROM {ks}.partials "
+        "WHERE app = ? AND metric = ? AND hour = ? AND minute IN ? AND labels IN ?",
+        True,
+    ),
+    "select_hourly_series_range": (
+        "SELECT hour, labels, writer, epoch, distribution FROM {ks}.hourly "
+        "WHERE app = ? AND metric = ? AND day = ? AND hour IN ? AND labels IN ?",
         True,
     ),
     "select_labels": (
@@ -206,27 +228,46 @@ class CassandraStorage:
         start_ms: int,
         end_ms: int,
         resolution: Resolution = Resolution.MINUTE,
+        series: Collection[SeriesKey] | None = None,
     ) -> Sequence[Partial]:
         start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
+        if series is not None and not series:
+            return []
         found: list[tuple[int, str, str, Partial]] = []
         series_of: dict[str, SeriesKey] = {}
-        if resolution is Resolution.HOUR:
-            table, statement, size = schema.HOURLY, self._statements["select_hourly_range"], DAY_MS
+        hourly = resolution is Resolution.HOUR
+        table, size = (schema.HOURLY, DAY_MS) if hourly else (schema.PARTIALS, HOUR_MS)
+        wanted = None if series is None else {s.labels_key for s in series}
+        seek = wanted is not None and len(wanted) <= _SEEK_SERIES
+        if seek:
+            statement = self._statements[
+                "select_hourly_series_range" if hourly else "select_series_range"
+            ]
         else:
-            table, statement, size = schema.PARTIALS, self._statements["select_range"], HOUR_MS
+            statement = self._statements["select_hourly_range" if hourly else "select_range"]
 
         async def read_partition(first: int) -> None:
-            params = (app, metric, first, max(start_ms, first), min(end_ms, first + size))
+            low, high = max(start_ms, first), min(end_ms, first + size)
+            params: tuple[object, ...]
+            if seek:
+                starts = list(range(resolution.ceil(low), high, resolution))
+                if not starts:
+                    return
+                params = (app, metric, first, starts, sorted(wanted or ()))
+            else:
+                params = (app, metric, first, low, high)
 
             async def take(rows: list[Row]) -> None:
+                if wanted is not None and not seek:
+                    rows = [row for row in rows if row[1] in wanted]
                 distributions = await _decode([row[4] for row in rows])
                 for (minute, labels, writer, epoch, _), dist in zip(
                     rows, distributions, strict=True
                 ):
-                    series = series_of.get(labels)
-                    if series is None:
-                        series = series_of[labels] = SeriesKey(app, metric, decode_labels(labels))
-                    partial = Partial(series, minute, writer, epoch, dist, resolution)
+                    key = series_of.get(labels)
+                    if key is None:
+                        key = series_of[labels] = SeriesKey(app, metric, decode_labels(labels))
+                    partial = Partial(key, minute, writer, epoch, dist, resolution)
                     found.append((minute, labels, writer, partial))
 
             await self._scan(table, statement, params, take)
@@ -236,6 +277,33 @@ class CassandraStorage:
         # so sums merged from them agree bit for bit across backends.
         found.sort(key=lambda row: row[:3])
         return [row[3] for row in found]
+
+    async def find_series(
+        self, app: str, metric: str, start_ms: int, end_ms: int, matchers: Labels
+    ) -> Sequence[SeriesKey]:
+        # The series index lists the app's series per hour: one partition per
+        # day of the range, no distribution read. Whole hours: a superset.
+        start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
+        if start_ms >= end_ms:
+            return []
+        first_hour = start_ms - start_ms % HOUR_MS
+        # Each series listed once, None when its labels do not match.
+        found: dict[str, SeriesKey | None] = {}
+        statement = self._statements["select_series"]
+
+        async def read_day(day: int) -> None:
+            params = (app, day, max(first_hour, day), min(end_ms, day + DAY_MS))
+
+            async def take(rows: list[Row]) -> None:
+                for _, row_metric, labels in rows:
+                    if row_metric == metric and labels not in found:
+                        key = SeriesKey(app, metric, decode_labels(labels))
+                        found[labels] = key if matches(key.labels, matchers) else None
+
+            await self._scan(schema.SERIES, statement, params, take)
+
+        await _all(read_day(day) for day in _buckets(start_ms, end_ms, DAY_MS))
+        return [key for key in found.values() if key is not None]
 
     async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:
         cutoff = self._clock.now_ms() - self._retention_ms

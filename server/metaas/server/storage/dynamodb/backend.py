@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -17,7 +17,15 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import NoRegionError
 
 from metaas.server.config import ConfigError
-from metaas.server.model import Partial, PartialKey, Resolution, SeriesKey, decode_labels
+from metaas.server.model import (
+    Labels,
+    Partial,
+    PartialKey,
+    Resolution,
+    SeriesKey,
+    decode_labels,
+    matches,
+)
 from metaas.server.storage import codec
 from metaas.server.storage.context import StorageContext
 from metaas.server.storage.dynamodb import convert, items, schema
@@ -240,9 +248,10 @@ class DynamoStorage:
         start_ms: int,
         end_ms: int,
         resolution: Resolution = Resolution.MINUTE,
+        series: Collection[SeriesKey] | None = None,
     ) -> Sequence[Partial]:
         start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
-        if start_ms >= end_ms or schema.SEP in app:
+        if start_ms >= end_ms or schema.SEP in app or (series is not None and not series):
             return []
         calls = self._require()
         low, high = schema.sort_range(start_ms, end_ms - 1)
@@ -253,7 +262,10 @@ class DynamoStorage:
         heads = {key_of(item): item for page in pages for item in page}
         stored = await self._load(heads)
         size = sum(len(data) for _, data in stored.values())
-        return await _cpu(size, convert.partials_of, app, metric, stored, resolution)
+        # A block holds every series of its minute: the read is one query per
+        # day whatever is selected, and only the selected series are decoded.
+        labels = None if series is None else {s.labels_key for s in series}
+        return await _cpu(size, convert.partials_of, app, metric, stored, resolution, labels)
 
     async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:
         cutoff = self._clock.now_ms() - self._retention_ms
@@ -295,6 +307,14 @@ class DynamoStorage:
         size = sum(len(data) for _, data in stored.values())
         found = await _cpu(size, convert.series_in, stored, start_ms, last_ms)
         return [SeriesKey(app, m, decode_labels(labels)) for m, labels in sorted(found)]
+
+    async def find_series(
+        self, app: str, metric: str, start_ms: int, end_ms: int, matchers: Labels
+    ) -> Sequence[SeriesKey]:
+        # The catalog lists the metric's series per writer and hour: one query
+        # per day of the range, no distribution read.
+        listed = await self.list_series(app, start_ms, end_ms, metric)
+        return [series for series in listed if matches(series.labels, matchers)]
 
     async def _load(self, heads: Mapping[Key, Item]) -> dict[Key, tuple[Item, bytes]]:
         """Each head with its encoded payload, its chunks fetched. A head

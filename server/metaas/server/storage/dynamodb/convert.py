@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Final
 
 import zstandard
@@ -33,13 +33,21 @@ def decode(data: bytes) -> bytes:
 
 
 def partials_of(
-    app: str, metric: str, stored: Stored, resolution: Resolution = Resolution.MINUTE
+    app: str,
+    metric: str,
+    stored: Stored,
+    resolution: Resolution = Resolution.MINUTE,
+    wanted: Collection[str] | None = None,
 ) -> list[Partial]:
+    """The blocks' partials; only those of the series whose labels key is in
+    ``wanted`` when it is given (the others' distributions stay encoded)."""
     partials = []
     series_of: dict[str, SeriesKey] = {}
     for (_, sk), (_, data) in stored.items():
         minute, writer = schema.parse_block_sk(sk)
         for labels, (epoch, distribution) in block_entries(data).items():
+            if wanted is not None and labels not in wanted:
+                continue
             series = series_of.get(labels)
             if series is None:
                 series = series_of[labels] = SeriesKey(app, metric, decode_labels(labels))

@@ -6,13 +6,21 @@ Small reads use a third connection on the event loop's thread (see
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, TypeVar
 
-from metaas.server.model import Partial, PartialKey, Resolution, SeriesKey, decode_labels
+from metaas.server.model import (
+    Labels,
+    Partial,
+    PartialKey,
+    Resolution,
+    SeriesKey,
+    decode_labels,
+)
 from metaas.server.sketch import Distribution
 from metaas.server.storage import codec
 from metaas.server.storage.context import StorageContext
@@ -30,6 +38,9 @@ _PURGE_EVERY_MS: Final = 60_000
 _INLINE_ROWS: Final = 1_000
 _LARGE_MEMORY: Final = 10_000
 _SERIES_MEMORY: Final = 200_000
+# Series-hours this process has put in the label index; past this many the
+# memory is reset (which costs a few redundant index writes, nothing else).
+_INDEXED_MEMORY: Final = 200_000
 
 
 class SqliteStorage:
@@ -52,8 +63,10 @@ class SqliteStorage:
         # read in pieces sees each series again in every piece. Both are
         # bounded: cleared when full. Used from the loop and the reader thread;
         # single set and dict operations, safe under the interpreter lock.
-        self._large: set[tuple[str, str, Resolution]] = set()
+        self._large: set[tuple[str, str, Resolution, bool]] = set()
         self._series_of: dict[tuple[str, str, str], SeriesKey] = {}
+        # (app, metric, labels, hour) already in the label index.
+        self._indexed: set[tuple[str, str, str, int]] = set()
 
     @property
     def name(self) -> str:
@@ -99,7 +112,20 @@ class SqliteStorage:
             return
         encoded = await codec.encode_distributions([p.distribution for p in partials], self._codec)
         rows: dict[str, list[tuple[object, ...]]] = {}
+        indexed = self._indexed
+        new_hours: set[tuple[str, str, str, int]] = set()
+        postings: list[tuple[object, ...]] = []
         for p, item in zip(partials, encoded, strict=True):
+            if p.resolution is Resolution.MINUTE:
+                series = p.series
+                hour = Resolution.HOUR.floor(p.minute_ms)
+                seen = (series.app, series.metric, series.labels_key, hour)
+                if seen not in indexed and seen not in new_hours:
+                    new_hours.add(seen)
+                    postings.extend(
+                        (series.app, series.metric, name, value, seen[2], hour)
+                        for name, value in series.labels
+                    )
             rows.setdefault(schema.TABLES[p.resolution], []).append(
                 (
                     p.series.app,
@@ -116,10 +142,16 @@ class SqliteStorage:
         if now - self._last_purge_ms >= _PURGE_EVERY_MS:
             self._last_purge_ms = now
             purge_before = now - self._retention_ms
-        await self._run(self._writer_thread, self._write_sync, rows, purge_before)
+        await self._run(self._writer_thread, self._write_sync, rows, postings, purge_before)
+        if len(indexed) + len(new_hours) > _INDEXED_MEMORY:
+            indexed.clear()
+        indexed |= new_hours
 
     def _write_sync(
-        self, rows: Mapping[str, list[tuple[object, ...]]], purge_before: int | None
+        self,
+        rows: Mapping[str, list[tuple[object, ...]]],
+        postings: list[tuple[object, ...]],
+        purge_before: int | None,
     ) -> None:
         connection = _require(self._writer)
         with connection:
@@ -130,12 +162,17 @@ class SqliteStorage:
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     table_rows,
                 )
+            connection.executemany(schema.INDEX_LABEL, postings)
             if purge_before is not None:
                 for resolution, table in schema.TABLES.items():
                     # A bucket leaves when its last minute does.
                     last_minute = resolution - Resolution.MINUTE
                     statement = f"DELETE FROM {table} WHERE minute < ?"  # noqa: S608 - constant names
                     connection.execute(statement, (purge_before - last_minute,))
+                connection.execute(
+                    f"DELETE FROM {schema.LABEL_INDEX} WHERE last_hour < ?",  # noqa: S608
+                    (purge_before - (Resolution.HOUR - Resolution.MINUTE),),
+                )
 
     async def read_partials(
         self,
@@ -144,28 +181,32 @@ class SqliteStorage:
         start_ms: int,
         end_ms: int,
         resolution: Resolution = Resolution.MINUTE,
+        series: Collection[SeriesKey] | None = None,
     ) -> Sequence[Partial]:
         start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
-        where = (app, metric, resolution)
-        rows = (
-            None
-            if where in self._large
-            else self._select_inline(app, metric, start_ms, end_ms, resolution)
-        )
+        if resolution.ceil(start_ms) >= end_ms or (series is not None and not series):
+            return []  # no bucket starts in the range, or no series is asked for
+        select = _select(app, metric, start_ms, end_ms, resolution, series)
+        where = (app, metric, resolution, series is None)
+        rows = None if where in self._large else self._select_inline(select)
         if rows is None:
             # Selecting, decoding and building the partials all happen on the
             # reader thread: the event loop only receives the result.
             return await self._run(
-                self._reader_thread, self._read_range, app, metric, start_ms, end_ms, resolution
+                self._reader_thread, self._read_range, select, where, app, metric, resolution
             )
         distributions = await _decode([row[4] for row in rows])
         return self._partials(app, metric, resolution, rows, distributions)
 
     def _read_range(
-        self, app: str, metric: str, start_ms: int, end_ms: int, resolution: Resolution
+        self,
+        select: _Select,
+        where: tuple[str, str, Resolution, bool],
+        app: str,
+        metric: str,
+        resolution: Resolution,
     ) -> list[Partial]:
-        rows = self._select_range(app, metric, start_ms, end_ms, resolution)
-        where = (app, metric, resolution)
+        rows = _require(self._reader).execute(*select).fetchall()
         if len(rows) > _INLINE_ROWS:
             if len(self._large) >= _LARGE_MEMORY:
                 self._large.clear()
@@ -186,42 +227,66 @@ class SqliteStorage:
         rows: list[tuple[int, str, str, int, bytes]],
         distributions: list[Distribution],
     ) -> list[Partial]:
-        series_of = self._series_of
-        if len(series_of) >= _SERIES_MEMORY:
-            series_of.clear()
         partials = []
         for (minute, labels, writer, epoch, _), dist in zip(rows, distributions, strict=True):
-            key = (app, metric, labels)
-            series = series_of.get(key)
-            if series is None:
-                series = series_of[key] = SeriesKey(app, metric, decode_labels(labels))
+            series = self._series(app, metric, labels)
             partials.append(Partial(series, minute, writer, epoch, dist, resolution))
         return partials
 
-    def _select_range(
-        self, app: str, metric: str, start_ms: int, end_ms: int, resolution: Resolution
-    ) -> list[tuple[int, str, str, int, bytes]]:
-        cursor = _require(self._reader).execute(
-            _SELECT_RANGE.format(table=schema.TABLES[resolution]),
-            (app, metric, start_ms, end_ms),
-        )
-        return cursor.fetchall()
+    def _series(self, app: str, metric: str, labels: str) -> SeriesKey:
+        """The series of stored ``labels``, decoded once."""
+        key = (app, metric, labels)
+        series = self._series_of.get(key)
+        if series is None:
+            if len(self._series_of) >= _SERIES_MEMORY:
+                self._series_of.clear()
+            series = self._series_of[key] = SeriesKey(app, metric, decode_labels(labels))
+        return series
 
-    def _select_inline(
-        self, app: str, metric: str, start_ms: int, end_ms: int, resolution: Resolution
-    ) -> list[tuple[int, str, str, int, bytes]] | None:
+    def _select_inline(self, select: _Select) -> list[tuple[int, str, str, int, bytes]] | None:
         """The rows, read on the event loop; None when there are more than
         ``_INLINE_ROWS`` of them or the file is busy (read on the thread)."""
         if self._inline is None:
             return None
+        sql, params = select
         try:
-            rows = self._inline.execute(
-                _SELECT_RANGE.format(table=schema.TABLES[resolution]) + " LIMIT ?",
-                (app, metric, start_ms, end_ms, _INLINE_ROWS + 1),
-            ).fetchall()
+            rows = self._inline.execute(f"{sql} LIMIT ?", (*params, _INLINE_ROWS + 1)).fetchall()
         except sqlite3.Error:
             return None  # the thread's read reports it, mapped to a storage error
         return rows if len(rows) <= _INLINE_ROWS else None
+
+    async def find_series(
+        self, app: str, metric: str, start_ms: int, end_ms: int, matchers: Labels
+    ) -> Sequence[SeriesKey]:
+        start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
+        if start_ms >= end_ms or not matchers:
+            return []
+        # One range of the label index per matcher, intersected: the rows
+        # read are the series holding each matcher, whatever else is stored.
+        one = (
+            f"SELECT labels FROM {schema.LABEL_INDEX} "  # noqa: S608 - constant names
+            "WHERE app = ? AND metric = ? AND name = ? AND value = ? AND last_hour >= ?"
+        )
+        sql = " INTERSECT ".join([one] * len(matchers))
+        first_hour = Resolution.HOUR.floor(start_ms)
+        params: list[object] = [
+            p for name, value in matchers for p in (app, metric, name, value, first_hour)
+        ]
+        rows = self._select_index_inline(sql, params)
+        if rows is None:
+            rows = await self._run(self._reader_thread, self._select_index, sql, params)
+        return [self._series(app, metric, labels) for (labels,) in rows]
+
+    def _select_index_inline(self, sql: str, params: list[object]) -> list[tuple[str]] | None:
+        if self._inline is None:
+            return None
+        try:
+            return self._inline.execute(sql, params).fetchall()
+        except sqlite3.Error:
+            return None  # the thread's read reports it, mapped to a storage error
+
+    def _select_index(self, sql: str, params: list[object]) -> list[tuple[str]]:
+        return _require(self._reader).execute(sql, params).fetchall()
 
     async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:
         if not keys:
@@ -301,10 +366,44 @@ async def _decode(items: list[bytes]) -> list[Distribution]:
         raise Invalid(f"undecodable stored item: {error}", backend=_NAME) from error
 
 
+_Select = tuple[str, tuple[object, ...]]
+
 _SELECT_RANGE: Final = (
     "SELECT minute, labels, writer, epoch, distribution FROM {table} "
     "WHERE app = ? AND metric = ? AND minute >= ? AND minute < ?"
 )
+# The rows of some series: one seek per series and bucket, on the primary
+# key (app, metric, minute, labels), instead of a scan of every series' rows.
+# The buckets come from a recursive query, the series as a JSON array.
+_SELECT_SERIES: Final = (
+    "SELECT minute, labels, writer, epoch, distribution FROM {table} "
+    "WHERE app = ? AND metric = ? AND minute IN ("
+    "WITH RECURSIVE bucket(start) AS "
+    "(SELECT ? UNION ALL SELECT start + ? FROM bucket WHERE start + ? < ?) "
+    "SELECT start FROM bucket) "
+    "AND labels IN (SELECT value FROM json_each(?))"
+)
+
+
+def _select(
+    app: str,
+    metric: str,
+    start_ms: int,
+    end_ms: int,
+    resolution: Resolution,
+    series: Collection[SeriesKey] | None,
+) -> _Select:
+    """The statement reading ``[start_ms, end_ms)`` of ``series`` (None: all)."""
+    table = schema.TABLES[resolution]
+    if series is None:
+        return _SELECT_RANGE.format(table=table), (app, metric, start_ms, end_ms)
+    first = resolution.ceil(start_ms)
+    labels = json.dumps([s.labels_key for s in series])
+    step = int(resolution)
+    return (
+        _SELECT_SERIES.format(table=table),
+        (app, metric, first, step, step, end_ms, labels),
+    )
 
 
 def _require(connection: sqlite3.Connection | None) -> sqlite3.Connection:

@@ -14,7 +14,8 @@ from metaas.server.storage.views import views_from_series
 
 # 2: hourly rollups (the table ``hourly``).
 # 3: views (docs/architecture.md), derived for data stored before them.
-SCHEMA_VERSION: Final = 3
+# 4: the label index ``series_labels``, derived from the stored minutes.
+SCHEMA_VERSION: Final = 4
 # The table of each resolution; both have the same columns, and ``minute`` is
 # the bucket's first minute.
 TABLES: Final = {Resolution.MINUTE: "partials", Resolution.HOUR: "hourly"}
@@ -38,8 +39,31 @@ def _table(name: str) -> tuple[str, ...]:
     )
 
 
+# The label index: one row per series and label (its postings, as search
+# engines say), with the last hour the series had data. The series a query's
+# matchers select are the intersection of one range of it per matcher.
+LABEL_INDEX: Final = "series_labels"
+_LABEL_INDEX_TABLE: Final = f"""
+    CREATE TABLE IF NOT EXISTS {LABEL_INDEX} (
+        app TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        last_hour INTEGER NOT NULL,
+        PRIMARY KEY (app, metric, name, value, labels)
+    ) WITHOUT ROWID
+"""
+# Upserts one row of the label index: (app, metric, name, value, labels, hour).
+INDEX_LABEL: Final = (
+    f"INSERT INTO {LABEL_INDEX} (app, metric, name, value, labels, last_hour) "  # noqa: S608
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
+    "SET last_hour = max(last_hour, excluded.last_hour)"
+)
+
 _STATEMENTS: Final = (
     *(statement for name in TABLES.values() for statement in _table(name)),
+    _LABEL_INDEX_TABLE,
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
 )
 
@@ -60,6 +84,8 @@ def apply(connection: sqlite3.Connection, codec_config: CodecConfig | None = Non
             _build_hourly(connection, codec_config or CodecConfig())
         if found in (1, 2):
             _build_views(connection, codec_config or CodecConfig())
+        if found in (1, 2, 3):
+            _build_label_index(connection)
         if found != SCHEMA_VERSION:
             connection.execute("DELETE FROM schema_version")
             connection.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
@@ -82,6 +108,19 @@ def _build_views(connection: sqlite3.Connection, codec_config: CodecConfig) -> N
         return [*views, *rollups_of(views)]
 
     _derive(connection, codec_config, derive)
+
+
+def _build_label_index(connection: sqlite3.Connection) -> None:
+    """Version 3 to 4: index the labels of every stored series, with the
+    last hour it has minutes in."""
+    connection.execute(
+        f"INSERT OR REPLACE INTO {LABEL_INDEX} "  # noqa: S608 - constant names
+        "(app, metric, name, value, labels, last_hour) "
+        "SELECT p.app, p.metric, j.key, j.value, p.labels, max(p.minute - p.minute % ?) "
+        "FROM partials AS p, json_each(p.labels) AS j "
+        "GROUP BY p.app, p.metric, j.key, j.value, p.labels",
+        (int(Resolution.HOUR),),
+    )
 
 
 def _derive(
