@@ -147,3 +147,24 @@ async def test_distributions_round_trip_on_and_off_the_event_loop() -> None:
         decoded = await codec.decode_distributions(mixed)
         assert decoded == [d for d in batch for _ in range(2)]
         assert {codec.codec_of(item) for item in mixed} == {codec.Codec.ZSTD, codec.Codec.GZIP}
+
+
+@pytest.mark.parametrize("encoding", [1, 2])
+async def test_the_configured_distribution_encoding_is_written_and_both_are_read(
+    encoding: int,
+) -> None:
+    """``--distribution-encoding 1`` writes what releases before encoding 2
+    read, for a rolling upgrade; either is read back the same."""
+    rng = np.random.default_rng(4)
+    distributions = [Distribution.from_values(rng.lognormal(3.0, 0.8, 60)) for _ in range(20)]
+    config = CodecConfig(distribution_encoding=encoding)
+    items = [e.data for e in await codec.encode_distributions(distributions, config)]
+    assert {item[HEADER] for item in items} == {encoding}
+    assert codec.encode_distribution(distributions[0], config).data == items[0]
+    decoded = await codec.decode_distributions(items)
+    assert [d.to_bytes() for d in decoded] == [d.to_bytes() for d in distributions]
+
+
+def test_an_unknown_distribution_encoding_is_refused_naming_flag_and_variable() -> None:
+    with pytest.raises(ValueError, match="METAAS_DISTRIBUTION_ENCODING / --distribution-encoding"):
+        CodecConfig(distribution_encoding=3)

@@ -273,8 +273,18 @@ class CodecConfig:
     threshold_bytes: int = 400 * 1024
     zstd_level: int = 3
     gzip_level: int = 6
+    # The distribution encoding written (``METAAS_DISTRIBUTION_ENCODING``):
+    # 2, compact; 1, what releases before it wrote, for a rolling upgrade
+    # while they still read the same store. Both are always read.
+    distribution_encoding: int = 2
 
     def __post_init__(self) -> None:
+        if self.distribution_encoding not in (1, 2):
+            raise ConfigError(
+                "METAAS_DISTRIBUTION_ENCODING / --distribution-encoding",
+                self.distribution_encoding,
+                "1 or 2",
+            )
         if self.compression not in ("zstd", "gzip"):
             raise ConfigError(
                 "METAAS_COMPRESSION / --compression", self.compression, "zstd or gzip"

@@ -298,6 +298,15 @@ def main() -> None:
     help="Items larger than this are compressed. [env METAAS_COMPRESSION_THRESHOLD_BYTES]",
 )
 @click.option(
+    "--distribution-encoding",
+    envvar="METAAS_DISTRIBUTION_ENCODING",
+    type=click.IntRange(1, 2),
+    default=_DEFAULTS.codec.distribution_encoding,
+    show_default=True,
+    help="Encoding of the distributions written: 2 (compact) or 1 (read by releases "
+    "before 2, for a rolling upgrade); both are read. [env METAAS_DISTRIBUTION_ENCODING]",
+)
+@click.option(
     "--log-level",
     envvar="METAAS_LOG_LEVEL",
     default="info",
@@ -341,6 +350,7 @@ def serve(
     insecure: bool,
     compression: str,
     compression_threshold_bytes: int,
+    distribution_encoding: int,
     log_level: str,
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C (then drain and flush)."""
@@ -375,7 +385,11 @@ def serve(
             retention=RetentionConfig(days=retention_days),
             query=QueryConfig(rollups_from_ms=rollups_from or 0),
             views=ViewsConfig.parse(views, views_from or 0),
-            codec=CodecConfig(compression, compression_threshold_bytes),
+            codec=CodecConfig(
+                compression,
+                compression_threshold_bytes,
+                distribution_encoding=distribution_encoding,
+            ),
             security=SecurityConfig(tls_cert, tls_key, tls_client_ca, auth_tokens, insecure),
             migration=MigrationConfig(
                 target_url=migration_target or None,

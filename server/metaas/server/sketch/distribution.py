@@ -12,8 +12,15 @@ from metaas.server.sketch import histogram
 from metaas.server.sketch.histogram import FloatArray, Int64Array, Sketch
 
 MINUTE_MS: Final = 60_000
+# Encoding 1: version, count, sum, min, max, then the sketch's own version 1.
 _HEADER = struct.Struct("<Bqddd")
-_ENCODING_VERSION: Final = 1
+_VERSION_1: Final = 1
+# Encoding 2 (written since storage schema 4 on SQLite): version, the
+# sketch's flags, count as a varint, sum, min and max, then the sketch in its
+# compact encoding (histogram.write_compact). Both are read.
+_VERSION_2: Final = 2
+_STATS = struct.Struct("<ddd")
+ENCODING_VERSION: Final = _VERSION_2
 
 
 class Distribution:
@@ -86,18 +93,41 @@ class Distribution:
         ]
 
     def to_bytes(self) -> bytes:
+        """Encoding 2 (see ENCODING_VERSION)."""
+        out = bytearray((_VERSION_2, histogram.compact_flags(self.sketch)))
+        histogram.write_uvarint(out, self.count)
+        out += _STATS.pack(self.sum, self.min, self.max)
+        histogram.write_compact(self.sketch, out)
+        return bytes(out)
+
+    def to_bytes_v1(self) -> bytes:
+        """Encoding 1, as releases before encoding 2 wrote (kept for tests of
+        reading their data)."""
         return (
-            _HEADER.pack(_ENCODING_VERSION, self.count, self.sum, self.min, self.max)
+            _HEADER.pack(_VERSION_1, self.count, self.sum, self.min, self.max)
             + self.sketch.to_bytes()
         )
 
     @classmethod
     def from_bytes(cls, data: bytes, offset: int = 0) -> Distribution:
-        """The distribution encoded in ``data`` from ``offset`` to its end."""
-        version, count, total, minimum, maximum = _HEADER.unpack_from(data, offset)
-        if version != _ENCODING_VERSION:
-            raise ValueError(f"unknown distribution encoding version {version}")
-        return cls(count, total, minimum, maximum, Sketch.from_bytes(data, offset + _HEADER.size))
+        """The distribution encoded in ``data`` from ``offset`` to its end, in
+        either encoding. Raises ValueError on anything else."""
+        try:
+            version = data[offset]
+            if version == _VERSION_2:
+                count, position = histogram.read_uvarint(data, offset + 2)
+                total, minimum, maximum = _STATS.unpack_from(data, position)
+                sketch, end = histogram.read_compact(data, position + _STATS.size, data[offset + 1])
+                if end != len(data):
+                    raise ValueError(f"{len(data) - end} bytes after the distribution")
+                return cls(count, total, minimum, maximum, sketch)
+            if version == _VERSION_1:
+                _, count, total, minimum, maximum = _HEADER.unpack_from(data, offset)
+                sketch = Sketch.from_bytes(data, offset + _HEADER.size)
+                return cls(count, total, minimum, maximum, sketch)
+        except (IndexError, struct.error) as error:
+            raise ValueError(f"distribution cut short: {error}") from error
+        raise ValueError(f"unknown distribution encoding version {version}")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Distribution):

@@ -39,6 +39,13 @@ Counts are dense per store, of the narrowest of uint8, uint16, uint32 and
 int64 that holds their sum: a store of fewer than 256 values, however
 scattered, takes at most 2 KiB, and any store at most 16 KiB.
 
+Two encodings. Version 1 (``to_bytes``) writes each store's counts densely.
+The compact one (``write_compact``, used by the distribution encoding 2)
+writes each store densely or sparsely, whichever is smaller: sparse is the
+gaps between its non-empty buckets and their counts. Sixty values of a
+latency spread over about 340 buckets, of which 54 are non-empty, take 108
+bytes of counts instead of 340.
+
 Bucket indexing is vectorized with numpy; there is no per-sample Python loop.
 """
 
@@ -320,6 +327,131 @@ class Sketch:
         return self.to_bytes() == other.to_bytes()
 
     __hash__ = None  # type: ignore[assignment]  # mutable
+
+
+# The compact encoding (version 2 of the distribution). Flags of a sketch:
+COMPACT_ZERO: Final = 1  # a zero count follows
+COMPACT_POSITIVE: Final = 2  # a positive store follows
+COMPACT_NEGATIVE: Final = 4  # a negative store follows
+# A store decoded from bytes may span at most this many buckets before it is
+# collapsed: a damaged item fails instead of allocating without bound.
+_DECODED_SPAN_LIMIT: Final = 1 << 20
+
+
+def compact_flags(sketch: Sketch) -> int:
+    """The flags ``write_compact`` needs the reader to be told."""
+    return (
+        (COMPACT_ZERO if sketch.zero_count else 0)
+        | (COMPACT_POSITIVE if sketch._positive.total else 0)
+        | (COMPACT_NEGATIVE if sketch._negative.total else 0)
+    )
+
+
+def write_compact(sketch: Sketch, out: bytearray) -> None:
+    """Append the sketch in the compact encoding, its flags given apart
+    (``compact_flags``): the zero count, then each non-empty store as its
+    offset (zigzag varint), a varint ``n``, one byte of widths (bytes per
+    count in the low half, bytes per gap in the high half, 0 for dense) and
+    ``n`` counts (dense, from the offset), or ``n`` gaps then ``n`` counts
+    (sparse: the first gap 0, each next one the distance to the next
+    non-empty bucket)."""
+    if sketch.zero_count:
+        write_uvarint(out, sketch.zero_count)
+    for store in (sketch._positive, sketch._negative):
+        if store.total:
+            _write_store(store, out)
+
+
+def _write_store(store: _Store, out: bytearray) -> None:
+    counts = store.counts
+    nonzero = np.flatnonzero(counts)
+    first, last = int(nonzero[0]), int(nonzero[-1])
+    width = 1 if counts.itemsize == 1 else _count_width(counts)
+    offset = store.offset + first
+    write_uvarint(out, (offset << 1) ^ (offset >> 63))  # zigzag
+    span, kept = last - first + 1, nonzero.size
+    # Sparse needs at least one byte per gap: only then can it be smaller.
+    if kept * (width + 1) < span * width:
+        gaps = np.diff(nonzero, prepend=first)
+        gap_width = 1 if span <= 256 or int(gaps.max()) < 256 else 2
+        if kept * (width + gap_width) < span * width:
+            write_uvarint(out, kept)
+            out.append(width | gap_width << 4)
+            out += gaps.astype(_COUNT_TYPES[gap_width]).tobytes()
+            out += counts[nonzero].astype(_COUNT_TYPES[width]).tobytes()
+            return
+    write_uvarint(out, span)
+    out.append(width)
+    out += counts[first : last + 1].astype(_COUNT_TYPES[width]).tobytes()
+
+
+def read_compact(data: bytes, position: int, flags: int) -> tuple[Sketch, int]:
+    """The sketch ``write_compact`` wrote at ``position``, and where it ends.
+    Raises ValueError on anything it did not write."""
+    sketch = Sketch.__new__(Sketch)  # every field is set below
+    sketch.zero_count = 0
+    if flags & COMPACT_ZERO:
+        sketch.zero_count, position = read_uvarint(data, position)
+    sketch._positive = sketch._negative = _Store()
+    if flags & COMPACT_POSITIVE:
+        sketch._positive, position = _read_store(data, position)
+    if flags & COMPACT_NEGATIVE:
+        sketch._negative, position = _read_store(data, position)
+    return sketch, position
+
+
+def _read_store(data: bytes, position: int) -> tuple[_Store, int]:
+    zigzag, position = read_uvarint(data, position)
+    offset = (zigzag >> 1) ^ -(zigzag & 1)
+    size, position = read_uvarint(data, position)
+    if position >= len(data):
+        raise ValueError("sketch store cut short")
+    widths = data[position]
+    position += 1
+    width, gap_width = widths & 0x0F, widths >> 4
+    count_type = _COUNT_TYPES.get(width)
+    if count_type is None or gap_width not in (0, 1, 2) or not 0 < size <= _DECODED_SPAN_LIMIT:
+        raise ValueError(f"bad sketch store (widths {widths:#x}, size {size})")
+    if gap_width == 0:
+        raw = np.frombuffer(data, count_type, count=size, offset=position)
+        position += size * width
+        counts = raw.astype(_COUNT_DTYPES[width])
+    else:
+        gaps = np.frombuffer(data, _COUNT_TYPES[gap_width], count=size, offset=position)
+        position += size * gap_width
+        raw = np.frombuffer(data, count_type, count=size, offset=position)
+        position += size * width
+        slots = np.cumsum(gaps, dtype=np.int64)
+        span = int(slots[-1]) + 1
+        if span > _DECODED_SPAN_LIMIT:
+            raise ValueError(f"bad sketch store (spans {span} buckets)")
+        counts = np.zeros(span, _COUNT_DTYPES[width])
+        counts[slots] = raw
+    store = _Store(offset, counts, None)
+    # Written under a wider limit (or not by this code): collapse it.
+    return (_Store.merged([store]) if counts.size > MAX_BUCKETS else store), position
+
+
+def write_uvarint(out: bytearray, value: int) -> None:
+    """Append a non-negative integer, 7 bits per byte, low bits first."""
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def read_uvarint(data: bytes, position: int) -> tuple[int, int]:
+    """The integer ``write_uvarint`` wrote at ``position``, and where it ends."""
+    value = shift = 0
+    while True:
+        if position >= len(data) or shift > 63:
+            raise ValueError("bad or cut-short varint")
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
 
 
 def sketches_of_groups(values: FloatArray, starts: Int64Array) -> list[Sketch]:

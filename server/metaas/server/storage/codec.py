@@ -78,8 +78,15 @@ def codec_of(item: bytes) -> Codec:
     return Codec(item[2])
 
 
+def distribution_bytes(distribution: Distribution, config: CodecConfig) -> bytes:
+    """The distribution in the encoding ``config`` asks for."""
+    if config.distribution_encoding == 1:
+        return distribution.to_bytes_v1()
+    return distribution.to_bytes()
+
+
 def encode_distribution(distribution: Distribution, config: CodecConfig) -> Encoded:
-    return encode(distribution.to_bytes(), config)
+    return encode(distribution_bytes(distribution, config), config)
 
 
 def decode_distribution(item: bytes) -> Distribution:
@@ -93,7 +100,7 @@ async def encode_distributions(
     distributions: list[Distribution], config: CodecConfig
 ) -> list[Encoded]:
     """Encode many; a batch with large payloads is encoded on a thread."""
-    payloads = [d.to_bytes() for d in distributions]
+    payloads = [distribution_bytes(d, config) for d in distributions]
     if sum(len(p) for p in payloads) >= _THREAD_ABOVE:
         return await asyncio.to_thread(lambda: [encode(p, config) for p in payloads])
     return [encode(p, config) for p in payloads]

@@ -145,7 +145,7 @@ class DynamoStorage:
             )
             blocks.setdefault(block, {})[series.labels_key] = (
                 partial.epoch,
-                partial.distribution.to_bytes(),
+                codec.distribution_bytes(partial.distribution, self._codec),
             )
             last_minute = minute + partial.resolution - schema.MINUTE_MS
             expiry[block] = schema.expires_at_s(last_minute, self._retention_ms)
