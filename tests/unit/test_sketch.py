@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from unittest.mock import patch
 
 import numpy as np
@@ -472,3 +473,61 @@ def test_a_damaged_distribution_raises_value_error_only() -> None:
             continue
         for store in (decoded.sketch._positive, decoded.sketch._negative):
             assert store.counts.size <= MAX_BUCKETS
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            hnp.arrays(np.float64, st.integers(0, 300), elements=finite),
+            st.sampled_from([1, 2]),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_decoding_many_at_once_equals_decoding_each(parts: list[tuple[np.ndarray, int]]) -> None:
+    """``many_from_bytes`` (small sparse stores placed in one pass) decodes
+    exactly what ``from_bytes`` does, one by one, for any mix of encodings,
+    store layouts and offsets into the data."""
+    items = []
+    for index, (values, encoding) in enumerate(parts):
+        distribution = Distribution.from_values(values) if values.size else Distribution()
+        encoded = distribution.to_bytes() if encoding == 2 else distribution.to_bytes_v1()
+        items.append((b"\0" * index + encoded, index))
+    together = Distribution.many_from_bytes(items)
+    for (data, offset), decoded in zip(items, together, strict=True):
+        alone = Distribution.from_bytes(data, offset)
+        assert decoded.to_bytes() == alone.to_bytes()
+        assert decoded.to_bytes_v1() == alone.to_bytes_v1()
+        assert decoded.count == alone.count
+
+
+def test_stores_decoded_together_stay_independent() -> None:
+    """Counts placed in one shared array are separate stores: merging into
+    one (in place, as the flusher does) leaves the others as they were."""
+    rng = np.random.default_rng(12)
+    originals = [Distribution.from_values(rng.lognormal(3.0, 0.8, 30)) for _ in range(3)]
+    decoded = Distribution.many_from_bytes([(d.to_bytes(), 0) for d in originals])
+    decoded[1].merge(decoded[1].copy())
+    assert decoded[0].to_bytes() == originals[0].to_bytes()
+    assert decoded[2].to_bytes() == originals[2].to_bytes()
+    assert decoded[1].count == 2 * originals[1].count
+
+
+def test_a_store_spanning_too_many_buckets_is_refused_alone_or_in_a_batch() -> None:
+    """A damaged sparse store whose gaps add up past the decoding bound
+    raises ValueError instead of allocating it, decoded alone or together."""
+    out = bytearray((2, histogram.COMPACT_POSITIVE))
+    histogram.write_uvarint(out, 5000)
+    out += struct.pack("<ddd", 5000.0, 1.0, 2.0)
+    histogram.write_uvarint(out, 0)  # offset 0, zigzag
+    histogram.write_uvarint(out, 5000)  # pairs
+    out.append(0x11)
+    out += bytes((0xFF, 1)) * 5000  # 5000 gaps of 255 buckets
+    for decode in (
+        lambda: Distribution.from_bytes(bytes(out)),
+        lambda: Distribution.many_from_bytes([(bytes(out), 0)]),
+    ):
+        with pytest.raises(ValueError, match="spans"):
+            decode()

@@ -109,15 +109,29 @@ class Distribution:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes, offset: int = 0) -> Distribution:
+    def many_from_bytes(cls, items: list[tuple[bytes, int]]) -> list[Distribution]:
+        """``from_bytes`` of each ``(data, offset)``, the counts of their small
+        sparse stores placed in one pass (``histogram.SparseBatch``)."""
+        batch = histogram.SparseBatch()
+        decoded = [cls.from_bytes(data, offset, batch) for data, offset in items]
+        batch.place()
+        return decoded
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, offset: int = 0, batch: histogram.SparseBatch | None = None
+    ) -> Distribution:
         """The distribution encoded in ``data`` from ``offset`` to its end, in
-        either encoding. Raises ValueError on anything else."""
+        either encoding. Raises ValueError on anything else. With ``batch``,
+        some stores get their counts only from ``batch.place()``."""
         try:
             version = data[offset]
             if version == _VERSION_2:
                 count, position = histogram.read_uvarint(data, offset + 2)
                 total, minimum, maximum = _STATS.unpack_from(data, position)
-                sketch, end = histogram.read_compact(data, position + _STATS.size, data[offset + 1])
+                sketch, end = histogram.read_compact(
+                    data, position + _STATS.size, data[offset + 1], batch
+                )
                 if end != len(data):
                     raise ValueError(f"{len(data) - end} bytes after the distribution")
                 return cls(count, total, minimum, maximum, sketch)

@@ -352,8 +352,8 @@ def write_compact(sketch: Sketch, out: bytearray) -> None:
     (``compact_flags``): the zero count, then each non-empty store as its
     offset (zigzag varint), a varint ``n``, one byte of widths (bytes per
     count in the low half, bytes per gap in the high half, 0 for dense) and
-    ``n`` counts (dense, from the offset), or ``n`` gaps then ``n`` counts
-    (sparse: the first gap 0, each next one the distance to the next
+    ``n`` counts (dense, from the offset), or ``n`` pairs of a gap and a
+    count (sparse: the first gap 0, each next one the distance to the next
     non-empty bucket)."""
     if sketch.zero_count:
         write_uvarint(out, sketch.zero_count)
@@ -372,35 +372,86 @@ def _write_store(store: _Store, out: bytearray) -> None:
     span, kept = last - first + 1, nonzero.size
     # Sparse needs at least one byte per gap: only then can it be smaller.
     if kept * (width + 1) < span * width:
-        gaps = np.diff(nonzero, prepend=first)
+        gaps = np.diff(nonzero)
         gap_width = 1 if span <= 256 or int(gaps.max()) < 256 else 2
         if kept * (width + gap_width) < span * width:
             write_uvarint(out, kept)
             out.append(width | gap_width << 4)
-            out += gaps.astype(_COUNT_TYPES[gap_width]).tobytes()
-            out += counts[nonzero].astype(_COUNT_TYPES[width]).tobytes()
+            pairs = np.empty(kept, _PAIRS[gap_width, width])
+            pairs["gap"][0] = 0
+            pairs["gap"][1:] = gaps
+            pairs["count"] = counts[nonzero]
+            out += pairs.tobytes()
             return
     write_uvarint(out, span)
     out.append(width)
     out += counts[first : last + 1].astype(_COUNT_TYPES[width]).tobytes()
 
 
-def read_compact(data: bytes, position: int, flags: int) -> tuple[Sketch, int]:
+class SparseBatch:
+    """Sparse one-byte stores met while decoding many sketches, whose counts
+    are placed together by :meth:`place` (a few numpy calls for the whole
+    batch instead of a few per store). Until then their counts are empty."""
+
+    __slots__ = ("_pairs", "_sizes", "_stores")
+
+    def __init__(self) -> None:
+        self._pairs: list[bytes] = []
+        self._sizes: list[int] = []
+        self._stores: list[_Store] = []
+
+    def defer(self, pairs: bytes, store: _Store) -> None:
+        self._pairs.append(pairs)
+        self._sizes.append(len(pairs) // 2)
+        self._stores.append(store)
+
+    def place(self) -> None:
+        """Give every deferred store its counts. Raises ValueError when one
+        would span more than a bounded number of buckets (a damaged item)."""
+        if not self._stores:
+            return
+        raw = np.frombuffer(b"".join(self._pairs), np.uint8)
+        sizes = np.array(self._sizes, np.int64)
+        ends = np.cumsum(sizes)
+        running = raw[0::2].cumsum(dtype=np.int64)
+        # Each store's slots: the running sum of gaps since its first pair.
+        before = np.concatenate(([0], running[ends[:-1] - 1]))
+        slots = running - np.repeat(before, sizes)
+        spans = slots[ends - 1] + 1
+        if int(spans.max()) > _DECODED_SPAN_LIMIT:
+            raise ValueError(f"bad sketch store (spans {int(spans.max())} buckets)")
+        bases = np.cumsum(spans) - spans
+        dense = np.zeros(int(spans.sum()), np.uint8)
+        dense[slots + np.repeat(bases, sizes)] = raw[1::2]
+        for store, base, span in zip(self._stores, bases.tolist(), spans.tolist(), strict=True):
+            store.counts = dense[base : base + span]
+            if span > MAX_BUCKETS:  # written under a wider limit: collapse it
+                collapsed = _Store.merged([store])
+                store.offset, store.counts = collapsed.offset, collapsed.counts
+        self._pairs.clear()
+        self._sizes.clear()
+        self._stores.clear()
+
+
+def read_compact(
+    data: bytes, position: int, flags: int, batch: SparseBatch | None = None
+) -> tuple[Sketch, int]:
     """The sketch ``write_compact`` wrote at ``position``, and where it ends.
-    Raises ValueError on anything it did not write."""
+    Raises ValueError on anything it did not write. With ``batch``, a sparse
+    store of one-byte gaps and counts gets its counts from ``batch.place``."""
     sketch = Sketch.__new__(Sketch)  # every field is set below
     sketch.zero_count = 0
     if flags & COMPACT_ZERO:
         sketch.zero_count, position = read_uvarint(data, position)
     sketch._positive = sketch._negative = _Store()
     if flags & COMPACT_POSITIVE:
-        sketch._positive, position = _read_store(data, position)
+        sketch._positive, position = _read_store(data, position, batch)
     if flags & COMPACT_NEGATIVE:
-        sketch._negative, position = _read_store(data, position)
+        sketch._negative, position = _read_store(data, position, batch)
     return sketch, position
 
 
-def _read_store(data: bytes, position: int) -> tuple[_Store, int]:
+def _read_store(data: bytes, position: int, batch: SparseBatch | None) -> tuple[_Store, int]:
     zigzag, position = read_uvarint(data, position)
     offset = (zigzag >> 1) ^ -(zigzag & 1)
     size, position = read_uvarint(data, position)
@@ -412,21 +463,36 @@ def _read_store(data: bytes, position: int) -> tuple[_Store, int]:
     count_type = _COUNT_TYPES.get(width)
     if count_type is None or gap_width not in (0, 1, 2) or not 0 < size <= _DECODED_SPAN_LIMIT:
         raise ValueError(f"bad sketch store (widths {widths:#x}, size {size})")
+    if batch is not None and widths == 0x11:
+        pairs = data[position : position + 2 * size]
+        if len(pairs) != 2 * size:
+            raise ValueError("sketch store cut short")
+        store = _Store(offset, None, None)
+        batch.defer(pairs, store)
+        return store, position + 2 * size
     if gap_width == 0:
         raw = np.frombuffer(data, count_type, count=size, offset=position)
         position += size * width
         counts = raw.astype(_COUNT_DTYPES[width])
+    elif widths == 0x11:
+        # One byte each (most minutes): the pairs as plain bytes, strided.
+        raw = np.frombuffer(data, np.uint8, count=2 * size, offset=position)
+        position += 2 * size
+        slots = raw[0::2].cumsum()
+        span = int(slots[-1]) + 1
+        if span > _DECODED_SPAN_LIMIT:
+            raise ValueError(f"bad sketch store (spans {span} buckets)")
+        counts = np.zeros(span, np.uint8)
+        counts[slots] = raw[1::2]
     else:
-        gaps = np.frombuffer(data, _COUNT_TYPES[gap_width], count=size, offset=position)
-        position += size * gap_width
-        raw = np.frombuffer(data, count_type, count=size, offset=position)
-        position += size * width
-        slots = np.cumsum(gaps, dtype=np.int64)
+        wide = np.frombuffer(data, _PAIRS[gap_width, width], count=size, offset=position)
+        position += size * (gap_width + width)
+        slots = np.cumsum(wide["gap"], dtype=np.int64)
         span = int(slots[-1]) + 1
         if span > _DECODED_SPAN_LIMIT:
             raise ValueError(f"bad sketch store (spans {span} buckets)")
         counts = np.zeros(span, _COUNT_DTYPES[width])
-        counts[slots] = raw
+        counts[slots] = wide["count"]
     store = _Store(offset, counts, None)
     # Written under a wider limit (or not by this code): collapse it.
     return (_Store.merged([store]) if counts.size > MAX_BUCKETS else store), position
@@ -506,6 +572,12 @@ def sketches_of_groups(values: FloatArray, starts: Int64Array) -> list[Sketch]:
 _EMPTY: Final[CountArray] = np.zeros(0, np.uint8)
 _EMPTY.flags.writeable = False
 _COUNT_TYPES: Final = {width: np.dtype(f"<u{width}") for width in (1, 2, 4, 8)}
+# A sparse store's (gap, count) pairs, by the widths of each.
+_PAIRS: Final = {
+    (gap, count): np.dtype([("gap", f"<u{gap}"), ("count", f"<u{count}")])
+    for gap in (1, 2)
+    for count in (1, 2, 4, 8)
+}
 # The types of a store's counts, by bytes per count; no store holds 2**63.
 _COUNT_DTYPES: Final[dict[int, np.dtype[Any]]] = {
     1: np.dtype(np.uint8),

@@ -106,11 +106,24 @@ async def encode_distributions(
     return [encode(p, config) for p in payloads]
 
 
+def decode_many(items: list[bytes]) -> list[Distribution]:
+    """``decode_distribution`` of each item, decoded together
+    (``Distribution.many_from_bytes``)."""
+    return Distribution.many_from_bytes(
+        [
+            (item, _HEADER.size)
+            if len(item) > _HEADER.size and item[:3] == _PLAIN
+            else (decode(item), 0)
+            for item in items
+        ]
+    )
+
+
 async def decode_distributions(items: list[bytes]) -> list[Distribution]:
     """Decode many; a batch with large items is decoded on a thread."""
     if sum(len(i) for i in items) >= _THREAD_ABOVE:
-        return await asyncio.to_thread(lambda: [decode_distribution(i) for i in items])
-    return [decode_distribution(i) for i in items]
+        return await asyncio.to_thread(decode_many, items)
+    return decode_many(items)
 
 
 def _header(codec: Codec) -> bytes:

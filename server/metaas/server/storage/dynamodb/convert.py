@@ -41,7 +41,8 @@ def partials_of(
 ) -> list[Partial]:
     """The blocks' partials; only those of the series whose labels key is in
     ``wanted`` when it is given (the others' distributions stay encoded)."""
-    partials = []
+    found: list[tuple[SeriesKey, int, str, int]] = []
+    encoded: list[tuple[bytes, int]] = []
     series_of: dict[str, SeriesKey] = {}
     for (_, sk), (_, data) in stored.items():
         minute, writer = schema.parse_block_sk(sk)
@@ -51,9 +52,16 @@ def partials_of(
             series = series_of.get(labels)
             if series is None:
                 series = series_of[labels] = SeriesKey(app, metric, decode_labels(labels))
-            partials.append(
-                Partial(series, minute, writer, epoch, distribution_of(distribution), resolution)
-            )
+            found.append((series, minute, writer, epoch))
+            encoded.append((distribution, 0))
+    try:
+        distributions = Distribution.many_from_bytes(encoded)
+    except UNDECODABLE as error:
+        raise Invalid(f"undecodable distribution: {error}", backend=NAME) from error
+    partials = [
+        Partial(series, minute, writer, epoch, distribution, resolution)
+        for (series, minute, writer, epoch), distribution in zip(found, distributions, strict=True)
+    ]
     # The order SQLite returns, so merged float sums agree bit for bit.
     partials.sort(key=lambda p: (p.minute_ms, p.series.labels_key, p.writer))
     return partials

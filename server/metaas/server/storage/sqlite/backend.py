@@ -214,7 +214,7 @@ class SqliteStorage:
         else:
             self._large.discard(where)
         try:
-            distributions = [codec.decode_distribution(row[4]) for row in rows]
+            distributions = codec.decode_many([row[4] for row in rows])
         except ValueError as error:
             raise Invalid(f"undecodable stored item: {error}", backend=_NAME) from error
         return self._partials(app, metric, resolution, rows, distributions)
