@@ -531,3 +531,61 @@ def test_a_store_spanning_too_many_buckets_is_refused_alone_or_in_a_batch() -> N
     ):
         with pytest.raises(ValueError, match="spans"):
             decode()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                hnp.arrays(np.float64, st.integers(1, 200), elements=finite),
+                st.booleans(),  # decoded from bytes (sparse stores) or built
+            ),
+            min_size=1,
+            max_size=6,
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_merging_groups_together_equals_merging_each(
+    groups: list[list[tuple[np.ndarray, bool]]],
+) -> None:
+    """``Distribution.merged_groups`` gives each group exactly what
+    ``Distribution.merged`` does (sum added in the same order), for stores
+    decoded together from bytes (sparse) or built in memory (dense)."""
+    built = [[Distribution.from_values(values) for values, _ in group] for group in groups]
+    encoded = [(d.to_bytes(), 0) for group in built for d in group]
+    decoded = iter(Distribution.many_from_bytes(encoded))
+    members = [
+        [next(decoded) if from_bytes else d for d, (_, from_bytes) in zip(group, spec, strict=True)]
+        for group, spec in zip(built, groups, strict=True)
+    ]
+    together = Distribution.merged_groups(members)
+    for group, merged in zip(members, together, strict=True):
+        alone = Distribution.merged(group)
+        assert merged.to_bytes() == alone.to_bytes()
+        assert merged.to_bytes_v1() == alone.to_bytes_v1()
+        assert (merged.count, merged.sum, merged.min, merged.max) == (
+            alone.count,
+            alone.sum,
+            alone.min,
+            alone.max,
+        )
+
+
+def test_merging_groups_collapses_wide_groups_as_merging_each() -> None:
+    """Groups whose stores together span more than MAX_BUCKETS collapse
+    their lowest buckets exactly as ``merged`` does."""
+    wide = [
+        [
+            Distribution.from_values(np.array([1e-200, 3.0])),
+            Distribution.from_values(np.array([1e200])),
+        ],
+        [Distribution.from_values(np.array([2.0, 5.0]))],
+    ]
+    decoded = Distribution.many_from_bytes([(d.to_bytes(), 0) for g in wide for d in g])
+    groups = [decoded[:2], decoded[2:]]
+    for merged, group in zip(Distribution.merged_groups(groups), groups, strict=True):
+        assert merged.to_bytes() == Distribution.merged(group).to_bytes()
+        assert merged.sketch._positive.counts.size <= MAX_BUCKETS

@@ -49,6 +49,8 @@ _DENSITIES_KEPT: Final = 4096
 # buckets whose stats are computed together.
 _GROUP_STEP: Final = 512
 _MERGE_STEP: Final = 128
+# Distributions merged in one batch of buckets (each of at most _MERGE_STEP).
+_MERGE_BATCH: Final = 2048
 _EVALUATE_STEP: Final = 128
 
 
@@ -298,13 +300,27 @@ class _Answer:
             self._collect(partials[first : first + _GROUP_STEP], arrived)
             await pacer.pause()
         self._check_size(arrived)
+        # Buckets of a few distributions are merged together, in batches
+        # (Distribution.merged_groups); one of many, a step at a time.
+        batch: list[tuple[dict[int, Distribution], int, list[Distribution]]] = []
+        batched = 0
         for (group, bucket), distributions in arrived.items():
             by_time = self.groups.setdefault(group, {})
             held = by_time.get(bucket)
-            by_time[bucket] = await _merged(
-                distributions if held is None else [held, *distributions], pacer
-            )
-            await pacer.pause()
+            members = distributions if held is None else [held, *distributions]
+            if len(members) == 1:
+                by_time[bucket] = members[0]  # nothing here changes a distribution
+            elif len(members) > _MERGE_STEP:
+                by_time[bucket] = await _merged(members, pacer)
+                await pacer.pause()
+            else:
+                batch.append((by_time, bucket, members))
+                batched += len(members)
+                if batched >= _MERGE_BATCH:
+                    _merge_batch(batch)
+                    batch, batched = [], 0
+                    await pacer.pause()
+        _merge_batch(batch)
 
     def _collect(
         self, partials: Sequence[Partial], arrived: dict[tuple[Labels, int], list[Distribution]]
@@ -343,6 +359,14 @@ class _Answer:
                 buckets=self._buckets,
                 stats=stats,
             )
+
+
+def _merge_batch(batch: list[tuple[dict[int, Distribution], int, list[Distribution]]]) -> None:
+    """Store each bucket's merged distribution into its group's buckets."""
+    if batch:
+        merged = Distribution.merged_groups([members for _, _, members in batch])
+        for (by_time, bucket, _), distribution in zip(batch, merged, strict=True):
+            by_time[bucket] = distribution
 
 
 async def _merged(distributions: list[Distribution], pacer: Pacer) -> Distribution:

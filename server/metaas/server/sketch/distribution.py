@@ -76,6 +76,26 @@ class Distribution:
             Sketch.merged([d.sketch for d in distributions]),
         )
 
+    @classmethod
+    def merged_groups(cls, groups: list[list[Distribution]]) -> list[Distribution]:
+        """``merged`` of each group (none empty), the sketches of all groups
+        merged together (``Sketch.merged_groups``): what a query does for
+        the buckets of a piece it has read."""
+        sketches = Sketch.merged_groups([[d.sketch for d in group] for group in groups])
+        merged = []
+        for group, sketch in zip(groups, sketches, strict=True):
+            head = group[0]
+            count, total, low, high = head.count, head.sum, head.min, head.max
+            for distribution in group[1:]:
+                count += distribution.count
+                total += distribution.sum
+                if distribution.min < low:
+                    low = distribution.min
+                if distribution.max > high:
+                    high = distribution.max
+            merged.append(cls(count, total, low, high, sketch))
+        return merged
+
     def copy(self) -> Distribution:
         return Distribution(self.count, self.sum, self.min, self.max, self.sketch.copy())
 

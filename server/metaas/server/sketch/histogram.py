@@ -103,7 +103,7 @@ class _Store:
     hold the sum of both totals, so no count can overflow.
     """
 
-    __slots__ = ("_total", "counts", "offset")
+    __slots__ = ("_total", "counts", "offset", "sparse")
 
     def __init__(
         self, offset: int = 0, counts: CountArray | None = None, total: int | None = 0
@@ -114,6 +114,10 @@ class _Store:
         # None until first needed, for stores read from bytes: most of those
         # are only read, and summing each would cost as much as decoding it.
         self._total = total
+        # For a store decoded from sparse pairs and not changed since: the
+        # indices (from ``offset``) of its non-empty buckets and their
+        # counts, which ``merged_groups`` reads instead of every bucket.
+        self.sparse: tuple[Int64Array, CountArray] | None = None
 
     @property
     def total(self) -> int:
@@ -161,8 +165,65 @@ class _Store:
         total = int(counts.sum())
         return cls(low, counts.astype(_narrowest(total), copy=False), total)
 
+    @classmethod
+    def merged_groups(cls, groups: list[list[_Store]]) -> list[_Store]:
+        """``merged`` of each group, in a few numpy passes over the counts of
+        every store together: a sparse store (``sparse``) gives only its
+        non-empty buckets, any other every bucket."""
+        slots: list[Int64Array] = []
+        values: list[CountArray] = []
+        sizes: list[int] = []
+        offsets: list[int] = []
+        ends: list[int] = []
+        owners: list[int] = []
+        for group, stores in enumerate(groups):
+            for store in stores:
+                counts = store.counts
+                if not counts.size:
+                    continue
+                sparse = store.sparse
+                if sparse is None:
+                    slots.append(_ARANGE[: counts.size])
+                    values.append(counts)
+                    sizes.append(counts.size)
+                else:
+                    slots.append(sparse[0])
+                    values.append(sparse[1])
+                    sizes.append(sparse[0].size)
+                offsets.append(store.offset)
+                ends.append(store.offset + counts.size)
+                owners.append(group)
+        merged = [cls() for _ in groups]
+        if not owners:
+            return merged
+        owner = np.array(owners, np.int64)
+        first = np.array(offsets, np.int64)
+        size = np.array(sizes, np.int64)
+        # Stores are listed group by group: each group's run of them.
+        runs = np.flatnonzero(np.concatenate(([True], owner[1:] != owner[:-1])))
+        run = np.repeat(np.arange(runs.size), np.diff(np.append(runs, owner.size)))
+        high = np.maximum.reduceat(np.array(ends, np.int64), runs)
+        low = np.maximum(np.minimum.reduceat(first, runs), high - MAX_BUCKETS)
+        widths = high - low
+        bases = np.cumsum(widths) - widths
+        # A count at index i of a store lands at base + offset + i - low of
+        # its group, or at base when that bucket is below low (collapsed).
+        slot = np.concatenate(slots) + np.repeat(bases[run] + first - low[run], size)
+        if bool((first < low[run]).any()):
+            slot = np.maximum(slot, np.repeat(bases[run], size))
+        weights = np.concatenate(values, dtype=np.float64)
+        # Float weights add integers exactly below 2**53 (9e15 values).
+        flat = np.bincount(slot, weights, int(widths.sum())).astype(np.int64)
+        totals = np.add.reduceat(flat, bases).tolist()
+        for group, base, width, total, lowest in zip(
+            owner[runs].tolist(), bases.tolist(), widths.tolist(), totals, low.tolist(), strict=True
+        ):
+            merged[group] = cls(lowest, flat[base : base + width].astype(_narrowest(total)), total)
+        return merged
+
     def _add_dense(self, offset: int, counts: CountArray, total: int) -> None:
         """Add ``counts``, summing to ``total``, at bucket ``offset``."""
+        self.sparse = None
         start = offset - self.offset
         if not self.counts.size or start < 0 or start + counts.size > self.counts.size:
             grown = _Store.merged([self, _Store(offset, counts, total)])
@@ -231,6 +292,23 @@ class Sketch:
         result._negative = _Store.merged([s._negative for s in sketches])
         result.zero_count = sum(s.zero_count for s in sketches)
         return result
+
+    @classmethod
+    def merged_groups(cls, groups: list[list[Sketch]]) -> list[Sketch]:
+        """``merged`` of each group of sketches, the stores of all groups
+        merged together (``_Store.merged_groups``)."""
+        positives = _Store.merged_groups([[s._positive for s in group] for group in groups])
+        if any(s._negative.counts.size for group in groups for s in group):
+            negatives = _Store.merged_groups([[s._negative for s in group] for group in groups])
+        else:
+            negatives = [_Store() for _ in groups]
+        merged = []
+        for group, positive, negative in zip(groups, positives, negatives, strict=True):
+            sketch = cls.__new__(cls)
+            sketch._positive, sketch._negative = positive, negative
+            sketch.zero_count = sum(s.zero_count for s in group)
+            merged.append(sketch)
+        return merged
 
     def copy(self) -> Sketch:
         twin = Sketch()
@@ -422,12 +500,18 @@ class SparseBatch:
             raise ValueError(f"bad sketch store (spans {int(spans.max())} buckets)")
         bases = np.cumsum(spans) - spans
         dense = np.zeros(int(spans.sum()), np.uint8)
-        dense[slots + np.repeat(bases, sizes)] = raw[1::2]
-        for store, base, span in zip(self._stores, bases.tolist(), spans.tolist(), strict=True):
+        counts = raw[1::2]
+        dense[slots + np.repeat(bases, sizes)] = counts
+        starts = (ends - sizes).tolist()
+        for store, base, span, start, end in zip(
+            self._stores, bases.tolist(), spans.tolist(), starts, ends.tolist(), strict=True
+        ):
             store.counts = dense[base : base + span]
             if span > MAX_BUCKETS:  # written under a wider limit: collapse it
                 collapsed = _Store.merged([store])
                 store.offset, store.counts = collapsed.offset, collapsed.counts
+            else:
+                store.sparse = (slots[start:end], counts[start:end])
         self._pairs.clear()
         self._sizes.clear()
         self._stores.clear()
@@ -571,6 +655,9 @@ def sketches_of_groups(values: FloatArray, starts: Int64Array) -> list[Sketch]:
 
 _EMPTY: Final[CountArray] = np.zeros(0, np.uint8)
 _EMPTY.flags.writeable = False
+# Every bucket index of a store (none spans more than MAX_BUCKETS once read).
+_ARANGE: Final[Int64Array] = np.arange(MAX_BUCKETS, dtype=np.int64)
+_ARANGE.flags.writeable = False
 _COUNT_TYPES: Final = {width: np.dtype(f"<u{width}") for width in (1, 2, 4, 8)}
 # A sparse store's (gap, count) pairs, by the widths of each.
 _PAIRS: Final = {
