@@ -147,7 +147,10 @@ class Distribution:
         try:
             version = data[offset]
             if version == _VERSION_2:
-                count, position = histogram.read_uvarint(data, offset + 2)
+                if data[offset + 2] < 0x80:  # a count below 128: one byte
+                    count, position = data[offset + 2], offset + 3
+                else:
+                    count, position = histogram.read_uvarint(data, offset + 2)
                 total, minimum, maximum = _STATS.unpack_from(data, position)
                 sketch, end = histogram.read_compact(
                     data, position + _STATS.size, data[offset + 1], batch

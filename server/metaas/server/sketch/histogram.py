@@ -478,9 +478,10 @@ class SparseBatch:
         self._sizes: list[int] = []
         self._stores: list[_Store] = []
 
-    def defer(self, pairs: bytes, store: _Store) -> None:
+    def defer(self, pairs: bytes, size: int, store: _Store) -> None:
+        """``store``'s ``size`` pairs of one-byte gap and count."""
         self._pairs.append(pairs)
-        self._sizes.append(len(pairs) // 2)
+        self._sizes.append(size)
         self._stores.append(store)
 
     def place(self) -> None:
@@ -536,9 +537,18 @@ def read_compact(
 
 
 def _read_store(data: bytes, position: int, batch: SparseBatch | None) -> tuple[_Store, int]:
-    zigzag, position = read_uvarint(data, position)
+    # The varints inline when short (the usual case: this runs per item).
+    if len(data) > position + 3 and data[position + 1] < 0x80 <= data[position]:
+        zigzag = data[position] & 0x7F | data[position + 1] << 7
+        position += 2
+    else:
+        zigzag, position = read_uvarint(data, position)
     offset = (zigzag >> 1) ^ -(zigzag & 1)
-    size, position = read_uvarint(data, position)
+    if len(data) > position + 1 and data[position] < 0x80:
+        size = data[position]
+        position += 1
+    else:
+        size, position = read_uvarint(data, position)
     if position >= len(data):
         raise ValueError("sketch store cut short")
     widths = data[position]
@@ -548,12 +558,12 @@ def _read_store(data: bytes, position: int, batch: SparseBatch | None) -> tuple[
     if count_type is None or gap_width not in (0, 1, 2) or not 0 < size <= _DECODED_SPAN_LIMIT:
         raise ValueError(f"bad sketch store (widths {widths:#x}, size {size})")
     if batch is not None and widths == 0x11:
-        pairs = data[position : position + 2 * size]
-        if len(pairs) != 2 * size:
+        end = position + 2 * size
+        if end > len(data):
             raise ValueError("sketch store cut short")
         store = _Store(offset, None, None)
-        batch.defer(pairs, store)
-        return store, position + 2 * size
+        batch.defer(data[position:end], size, store)
+        return store, end
     if gap_width == 0:
         raw = np.frombuffer(data, count_type, count=size, offset=position)
         position += size * width
