@@ -65,6 +65,9 @@ def _buckets_between(smallest: float, largest: float) -> int:
     return int(min(math.log2(largest / smallest) * (1 << SCALE) + 2, MAX_BUCKETS))
 
 
+_Key = tuple[SeriesKey, Resolution, int]  # series, resolution, bucket start
+
+
 @dataclass(slots=True)
 class _State:
     distribution: Distribution
@@ -72,7 +75,6 @@ class _State:
     # estimated_bytes of the distribution when it was created or last taken
     # by a flush (merges in between are counted at the next flush).
     nbytes: int
-    dirty: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +103,14 @@ class Aggregator:
         # series' view series, worked out once.
         self._views = views
         self._views_of: dict[SeriesKey, list[SeriesKey]] = {}
-        self._states: dict[tuple[SeriesKey, Resolution, int], _State] = {}
+        self._states: dict[_Key, _State] = {}
+        # What a flush and an evict look at, so that their cost follows what
+        # changed and what leaves, not every state held (tens of thousands
+        # for a large tenant, every flush, on the serving loop): the states
+        # changed since the last flush (a dict: in the order they changed),
+        # and the held states of each bucket (resolution, start).
+        self._dirty: dict[_Key, None] = {}
+        self._buckets: dict[tuple[Resolution, int], set[_Key]] = {}
         # Every bucket that ever left memory starts at or before this (per
         # resolution), so a new state there may have a stored row already.
         start = 2**62 if all_incomplete else -(2**62)
@@ -140,13 +149,19 @@ class Aggregator:
             for (view, start), parts in views.items():
                 self._add((view, resolution, start), Distribution.merged(parts))
 
-    def _add(self, key: tuple[SeriesKey, Resolution, int], distribution: Distribution) -> None:
+    def _add(self, key: _Key, distribution: Distribution) -> None:
         state = self._states.get(key)
         if state is None:
             self._states[key] = self._new(key[1], key[2], distribution)
+            bucket = (key[1], key[2])
+            held = self._buckets.get(bucket)
+            if held is None:
+                self._buckets[bucket] = {key}
+            else:
+                held.add(key)
         else:
             state.distribution.merge(distribution)
-            state.dirty = True
+        self._dirty[key] = None
 
     def _view_series(self, series: SeriesKey) -> list[SeriesKey]:
         views = self._views_of.get(series)
@@ -169,15 +184,14 @@ class Aggregator:
         delta is merged into storage twice and a backfill is not held twice."""
         pending = []
         horizon = self._horizon_ms
-        for key, state in list(self._states.items()):
-            if not state.dirty:
-                continue
+        dirty, self._dirty = self._dirty, {}
+        for key in dirty:
+            state = self._states[key]
             series, resolution, start = key
             nbytes = estimated_bytes(state.distribution)
             self._held_bytes += nbytes - state.nbytes
             state.nbytes = nbytes
             if state.complete and start + resolution - _MINUTE >= horizon:
-                state.dirty = False
                 distribution = state.distribution.copy()
             else:
                 self._remove(key)
@@ -191,15 +205,20 @@ class Aggregator:
         """Drop flushed states whose last minute is older than the hot window."""
         horizon = now_ms - self._hot_ms
         self._horizon_ms = max(self._horizon_ms, horizon)
-        stale = [
-            k for k, s in self._states.items() if not s.dirty and k[2] + k[1] - _MINUTE < horizon
-        ]
+        old = [b for b in self._buckets if b[1] + b[0] - _MINUTE < horizon]
+        stale = [k for b in old for k in self._buckets[b] if k not in self._dirty]
         for key in stale:
             self._remove(key)
         return len(stale)
 
-    def _remove(self, key: tuple[SeriesKey, Resolution, int]) -> None:
+    def _remove(self, key: _Key) -> None:
         self._held_bytes -= self._states.pop(key).nbytes
+        self._dirty.pop(key, None)
+        bucket = (key[1], key[2])
+        held = self._buckets[bucket]
+        held.discard(key)
+        if not held:
+            del self._buckets[bucket]
         self._left(key[1], key[2])
 
     def _left(self, resolution: Resolution, start: int) -> None:
