@@ -116,8 +116,9 @@ class _Store:
         self._total = total
         # For a store decoded from sparse pairs and not changed since: the
         # indices (from ``offset``) of its non-empty buckets and their
-        # counts, which ``merged_groups`` reads instead of every bucket.
-        self.sparse: tuple[Int64Array, CountArray] | None = None
+        # counts, which ``merged_groups`` reads instead of every bucket, as
+        # ``indices[start:end]`` and ``counts[start:end]`` of its batch's.
+        self.sparse: tuple[Int64Array, CountArray, int, int] | None = None
 
     @property
     def total(self) -> int:
@@ -187,9 +188,10 @@ class _Store:
                     values.append(counts)
                     sizes.append(counts.size)
                 else:
-                    slots.append(sparse[0])
-                    values.append(sparse[1])
-                    sizes.append(sparse[0].size)
+                    indices, kept, start, end = sparse
+                    slots.append(indices[start:end])
+                    values.append(kept[start:end])
+                    sizes.append(end - start)
                 offsets.append(store.offset)
                 ends.append(store.offset + counts.size)
                 owners.append(group)
@@ -512,7 +514,7 @@ class SparseBatch:
                 collapsed = _Store.merged([store])
                 store.offset, store.counts = collapsed.offset, collapsed.counts
             else:
-                store.sparse = (slots[start:end], counts[start:end])
+                store.sparse = (slots, counts, start, end)
         self._pairs.clear()
         self._sizes.clear()
         self._stores.clear()
@@ -526,6 +528,27 @@ def read_compact(
     store of one-byte gaps and counts gets its counts from ``batch.place``."""
     sketch = Sketch.__new__(Sketch)  # every field is set below
     sketch.zero_count = 0
+    if (
+        flags == COMPACT_POSITIVE
+        and batch is not None
+        and len(data) > position + 3
+        and data[position + 1] < 0x80 <= data[position]
+        and data[position + 2] < 0x80
+        and data[position + 3] == 0x11
+    ):
+        # The usual minute, inline (this runs per item of a read): positive
+        # values only, a two-byte offset, under 128 one-byte pairs.
+        zigzag = data[position] & 0x7F | data[position + 1] << 7
+        size = data[position + 2]
+        start = position + 4
+        end = start + 2 * size
+        if size and end <= len(data):
+            store = _Store((zigzag >> 1) ^ -(zigzag & 1), None, None)
+            batch._pairs.append(data[start:end])
+            batch._sizes.append(size)
+            batch._stores.append(store)
+            sketch._positive, sketch._negative = store, _Store()
+            return sketch, end
     if flags & COMPACT_ZERO:
         sketch.zero_count, position = read_uvarint(data, position)
     sketch._positive = sketch._negative = _Store()
