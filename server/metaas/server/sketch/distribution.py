@@ -121,8 +121,8 @@ class Distribution:
         return bytes(out)
 
     def to_bytes_v1(self) -> bytes:
-        """Encoding 1, as releases before encoding 2 wrote (kept for tests of
-        reading their data)."""
+        """Encoding 1, which releases before encoding 2 read and wrote
+        (``--distribution-encoding 1``)."""
         return (
             _HEADER.pack(_VERSION_1, self.count, self.sum, self.min, self.max)
             + self.sketch.to_bytes()

@@ -544,9 +544,7 @@ def read_compact(
         end = start + 2 * size
         if size and end <= len(data):
             store = _Store((zigzag >> 1) ^ -(zigzag & 1), None, None)
-            batch._pairs.append(data[start:end])
-            batch._sizes.append(size)
-            batch._stores.append(store)
+            batch.defer(data[start:end], size, store)
             sketch._positive, sketch._negative = store, _Store()
             return sketch, end
     if flags & COMPACT_ZERO:

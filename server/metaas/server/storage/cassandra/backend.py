@@ -239,6 +239,7 @@ class CassandraStorage:
         table, size = (schema.HOURLY, DAY_MS) if hourly else (schema.PARTIALS, HOUR_MS)
         wanted = None if series is None else {s.labels_key for s in series}
         seek = wanted is not None and len(wanted) <= _SEEK_SERIES
+        sought = sorted(wanted) if seek and wanted is not None else []
         if seek:
             statement = self._statements[
                 "select_hourly_series_range" if hourly else "select_series_range"
@@ -253,7 +254,7 @@ class CassandraStorage:
                 starts = list(range(resolution.ceil(low), high, resolution))
                 if not starts:
                     return
-                params = (app, metric, first, starts, sorted(wanted or ()))
+                params = (app, metric, first, starts, sought)
             else:
                 params = (app, metric, first, low, high)
 

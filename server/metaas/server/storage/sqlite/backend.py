@@ -116,26 +116,19 @@ class SqliteStorage:
         new_hours: set[tuple[str, str, str, int]] = set()
         postings: list[tuple[object, ...]] = []
         for p, item in zip(partials, encoded, strict=True):
+            series = p.series
+            labels = series.labels_key
             if p.resolution is Resolution.MINUTE:
-                series = p.series
                 hour = Resolution.HOUR.floor(p.minute_ms)
-                seen = (series.app, series.metric, series.labels_key, hour)
+                seen = (series.app, series.metric, labels, hour)
                 if seen not in indexed and seen not in new_hours:
                     new_hours.add(seen)
                     postings.extend(
-                        (series.app, series.metric, name, value, seen[2], hour)
+                        (series.app, series.metric, name, value, labels, hour)
                         for name, value in series.labels
                     )
             rows.setdefault(schema.TABLES[p.resolution], []).append(
-                (
-                    p.series.app,
-                    p.series.metric,
-                    p.minute_ms,
-                    p.series.labels_key,
-                    p.writer,
-                    p.epoch,
-                    item.data,
-                )
+                (series.app, series.metric, p.minute_ms, labels, p.writer, p.epoch, item.data)
             )
         now = self._clock.now_ms()
         purge_before = None
