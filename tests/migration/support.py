@@ -1,10 +1,68 @@
-"""Flag files and stored-data probes for migration tests."""
+"""Flag files, stored-data probes and a router assembled from its parts for
+migration tests."""
 
 from __future__ import annotations
 
-from bench.flags import STAGES, write_flags
+from dataclasses import dataclass
 
-__all__ = ["STAGES", "StorageProbe", "write_flags"]
+from opentelemetry import trace
+
+from bench.flags import STAGES, write_flags
+from metaas.server.clock import Clock
+from metaas.server.config import MigrationConfig
+from metaas.server.migration.flags import FlagSource
+from metaas.server.migration.guard import Guard
+from metaas.server.migration.publisher import Publisher
+from metaas.server.migration.router import MigrationRouter, Routed
+from metaas.server.migration.routing import Routing
+from metaas.server.migration.shadow import LoopShadow
+from metaas.server.migration.window import MigrationWindow
+from metaas.server.query import QueryEngine, RangeQuery
+from metaas.server.storage import Storage
+from metaas.server.telemetry import noop
+
+__all__ = ["STAGES", "Rig", "StorageProbe", "write_flags"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rig:
+    """A router over two backends with shadow reads on the loop, as the
+    server assembles it, and its routing and guard for inspection."""
+
+    router: MigrationRouter
+    routing: Routing
+    guard: Guard
+
+    @classmethod
+    def of(
+        cls,
+        old: Storage,
+        new: Storage,
+        flags: FlagSource,
+        config: MigrationConfig,
+        clock: Clock,
+        *,
+        retention_ms: int = 30 * 86_400_000,
+    ) -> Rig:
+        telemetry = noop()
+        engine = QueryEngine(retention_ms=retention_ms, clock=clock)
+        routing = Routing(old, new, flags)
+        window = MigrationWindow(window_s=config.window_s)
+        guard = Guard(config, window, meter=telemetry.meter, clock=clock)
+        router = MigrationRouter(
+            routing,
+            guard,
+            engine=engine,
+            shadow=LoopShadow(engine, routing, config, clock),
+            publisher=Publisher(telemetry.meter),
+        )
+        return cls(router, routing, guard)
+
+    async def query_range(self, query: RangeQuery) -> Routed:
+        return await self.router.query_range(query, trace.INVALID_SPAN)
+
+    async def drain(self) -> None:
+        await self.router.drain()
 
 
 class StorageProbe:

@@ -14,14 +14,14 @@ import pytest
 
 from metaas.server.config import MigrationConfig
 from metaas.server.migration.flags import FixedFlags
-from metaas.server.migration.router import MigrationRouter
 from metaas.server.migration.stages import Stage
 from metaas.server.model import Partial, Resolution, SeriesKey
-from metaas.server.query import QueryEngine, RangeQuery, parse_stat
+from metaas.server.query import RangeQuery, parse_stat
 from metaas.server.sketch import Distribution
 from metaas.server.storage import Storage, StorageContext, Unavailable, open_storage
 from metaas.server.telemetry import noop
 from tests.conformance.conftest import RETENTION_MS, FixedClock
+from tests.migration.support import Rig
 
 MINUTE = 60_000
 NOW = 1_800_000_000_000
@@ -72,16 +72,9 @@ async def backends(tmp_path: Path) -> AsyncIterator[tuple[Storage, Faulty]]:
     await new.close()
 
 
-def router(old: Storage, new: Storage, stage: Stage, **config: Any) -> MigrationRouter:
-    return MigrationRouter(
-        old,
-        new,  # type: ignore[arg-type]
-        engine=QueryEngine(retention_ms=RETENTION_MS, clock=FixedClock(NOW)),
-        flags=FixedFlags(stage, 1.0),
-        config=MigrationConfig(target_url="x://", **config),
-        telemetry=noop(),
-        clock=FixedClock(NOW),
-    )
+def router(old: Storage, new: Storage, stage: Stage, **config: Any) -> Rig:
+    config_ = MigrationConfig(target_url="x://", **config)
+    return Rig.of(old, new, FixedFlags(stage, 1.0), config_, FixedClock(NOW))
 
 
 QUERY = RangeQuery(
@@ -123,8 +116,8 @@ async def test_failing_shadow_never_fails_a_query(backends: tuple[Storage, Fault
         routed = await r.query_range(QUERY)
         assert routed.groups[0].values[0] == (3.0,)
     await r.drain()
-    assert r.window.total_comparisons == 5
-    assert r.window.total_mismatches == 5
+    assert r.guard.window.total_comparisons == 5
+    assert r.guard.window.total_mismatches == 5
 
 
 async def test_consistent_backends_compare_equal(backends: tuple[Storage, Faulty]) -> None:
@@ -149,15 +142,15 @@ async def test_guard_rail_falls_back_when_the_new_backend_fails(
         routed = await r.query_range(QUERY)  # each answered by the old backend
         assert routed.served_by == "sqlite"
         assert routed.groups[0].values[0] == (3.0,)
-    assert "app" in r.fallbacks
-    assert "error rate" in r.fallbacks["app"].reason
+    assert "app" in r.guard.fallbacks
+    assert "error rate" in r.guard.fallbacks["app"].reason
     new.failing = False
     routed = await r.query_range(QUERY)
     assert routed.served_by == "sqlite"  # sticky until an operator changes the stage
-    r.flags = FixedFlags(Stage.RAMPDOWN, 1.0)
+    r.routing.flags = FixedFlags(Stage.RAMPDOWN, 1.0)
     routed = await r.query_range(QUERY)
     assert routed.served_by == new.name
-    assert "app" not in r.fallbacks
+    assert "app" not in r.guard.fallbacks
 
 
 async def test_no_fallback_once_the_old_backend_stops_receiving_writes(
@@ -177,6 +170,7 @@ async def test_deadline_cancels_a_slow_backend_read(backends: tuple[Storage, Fau
     from metaas.server.api.admission import Admission
     from metaas.server.api.auth import Authenticator
     from metaas.server.api.query import MetricsQueryServicer
+    from metaas.server.api.rpc import Rpcs
     from metaas.server.config import LimitsConfig, SecurityConfig
     from metaas.v1 import query_pb2_grpc
 
@@ -197,11 +191,9 @@ async def test_deadline_cancels_a_slow_backend_read(backends: tuple[Storage, Fau
     server = grpc.aio.server()
     query_pb2_grpc.add_MetricsQueryServicer_to_server(
         MetricsQueryServicer(
-            r,
+            r.router,
             limits=LimitsConfig(),
-            tracer=noop().tracer,
-            authenticator=Authenticator(SecurityConfig()),
-            admission=Admission(10, noop().meter),
+            rpcs=Rpcs(noop().tracer, Authenticator(SecurityConfig()), Admission(10, noop().meter)),
         ),
         server,
     )
@@ -233,6 +225,7 @@ async def test_overload_answers_resource_exhausted_with_retry_info(
     from metaas.server.api.admission import Admission
     from metaas.server.api.auth import Authenticator
     from metaas.server.api.query import MetricsQueryServicer
+    from metaas.server.api.rpc import Rpcs
     from metaas.server.config import LimitsConfig, SecurityConfig
     from metaas.v1 import query_pb2, query_pb2_grpc
 
@@ -241,11 +234,9 @@ async def test_overload_answers_resource_exhausted_with_retry_info(
     server = grpc.aio.server()
     query_pb2_grpc.add_MetricsQueryServicer_to_server(
         MetricsQueryServicer(
-            router(slow, old, Stage.OFF),
+            router(slow, old, Stage.OFF).router,
             limits=LimitsConfig(),
-            tracer=noop().tracer,
-            authenticator=Authenticator(SecurityConfig()),
-            admission=Admission(2, noop().meter),
+            rpcs=Rpcs(noop().tracer, Authenticator(SecurityConfig()), Admission(2, noop().meter)),
         ),
         server,
     )

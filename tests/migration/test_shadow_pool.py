@@ -16,8 +16,8 @@ from metaas.server.config import CodecConfig
 from metaas.server.migration.shadow_pool import (
     MAX_QUEUED,
     MAX_TASK_VALUES,
+    CheckTask,
     ShadowPool,
-    Task,
     setup_of,
 )
 from metaas.server.migration.stages import Role
@@ -74,8 +74,8 @@ async def pool(tmp_path: Path) -> AsyncIterator[tuple[ShadowPool, RangeQuery, tu
 
 def _task(
     role: Role, query: RangeQuery, served: tuple[object, ...], *, start_within_s: float = 30.0
-) -> Task:
-    return Task(
+) -> CheckTask:
+    return CheckTask(
         role.value,
         query,
         served,  # type: ignore[arg-type]

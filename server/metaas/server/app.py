@@ -15,12 +15,17 @@ from metaas.server.api.admission import Admission
 from metaas.server.api.auth import Authenticator
 from metaas.server.api.ingest import MetricsIngestServicer
 from metaas.server.api.query import MetricsQueryServicer
+from metaas.server.api.rpc import Rpcs
 from metaas.server.api.server import Api
 from metaas.server.clock import Clock, SystemClock
 from metaas.server.config import Settings
 from metaas.server.ingest.pipeline import IngestPipeline
 from metaas.server.migration.flags import open_flags
+from metaas.server.migration.guard import Guard
+from metaas.server.migration.publisher import Publisher
 from metaas.server.migration.router import MigrationRouter
+from metaas.server.migration.routing import Routing
+from metaas.server.migration.shadow import LoopShadow, Shadow, WorkerShadow
 from metaas.server.migration.shadow_pool import ShadowPool, setup_of
 from metaas.server.migration.stages import Role
 from metaas.server.migration.window import MigrationWindow
@@ -121,25 +126,30 @@ async def serve(
             _backends(settings, context, window) as backends,
             _shadow_pool(settings) as shadow_pool,
         ):
-            router = MigrationRouter(
-                backends[Role.OLD],
-                backends.get(Role.NEW),
-                engine=QueryEngine(
-                    retention_ms=retention_ms,
-                    clock=clock,
-                    rollups_from_ms=settings.query.rollups_from_ms,
-                    views=settings.views,
-                ),
-                flags=(
-                    open_flags(migration.flags_file, migration.flags_provider, telemetry)
-                    if migration.enabled
-                    else None
-                ),
-                config=migration,
-                window=window,
-                telemetry=telemetry,
+            engine = QueryEngine(
+                retention_ms=retention_ms,
                 clock=clock,
-                shadow_pool=shadow_pool,
+                rollups_from_ms=settings.query.rollups_from_ms,
+                views=settings.views,
+            )
+            flags = (
+                open_flags(migration.flags_file, migration.flags_provider, telemetry)
+                if migration.enabled
+                else None
+            )
+            routing = Routing(backends[Role.OLD], backends.get(Role.NEW), flags)
+            guard = Guard(migration, window, meter=telemetry.meter, clock=clock)
+            shadow: Shadow = (
+                LoopShadow(engine, routing, migration, clock)
+                if shadow_pool is None
+                else WorkerShadow(shadow_pool, routing, migration, clock)
+            )
+            router = MigrationRouter(
+                routing,
+                guard,
+                engine=engine,
+                shadow=shadow,
+                publisher=Publisher(telemetry.meter),
             )
             pipeline = IngestPipeline(
                 settings.ingest,
@@ -147,13 +157,15 @@ async def serve(
                 storage={role.value: storage for role, storage in backends.items()},
                 clock=clock,
                 telemetry=telemetry,
-                routing=router.write_targets,
+                routing=routing.write_targets,
                 views=settings.views,
             )
             await pipeline.start()
             _tune_runtime()
             try:
-                await _serve_api(settings, telemetry, clock, router, pipeline, stop, on_ready)
+                await _serve_api(
+                    settings, telemetry, clock, router, routing, guard, pipeline, stop, on_ready
+                )
             finally:
                 await router.drain()
                 await pipeline.stop()
@@ -167,6 +179,8 @@ async def _serve_api(
     telemetry: Telemetry,
     clock: Clock,
     router: MigrationRouter,
+    routing: Routing,
+    guard: Guard,
     pipeline: IngestPipeline,
     stop: asyncio.Event,
     on_ready: Callable[[int], None] | None,
@@ -180,6 +194,7 @@ async def _serve_api(
         per_caller=limits.max_inflight_per_caller,
         max_bytes=limits.max_inflight_bytes,
     )
+    rpcs = Rpcs(tracer, authenticator, admission)
     if settings.security.insecure and not settings.security.authenticates:
         log.warning(
             "serving on %s WITHOUT authentication (--insecure): any client that "
@@ -198,19 +213,13 @@ async def _serve_api(
             authenticator=authenticator,
             admission=admission,
         ),
-        MetricsQueryServicer(
-            router,
-            limits=settings.limits,
-            tracer=tracer,
-            authenticator=authenticator,
-            admission=admission,
-        ),
+        MetricsQueryServicer(router, limits=settings.limits, rpcs=rpcs),
         MigrationAdminServicer(
-            router,
+            routing,
+            guard,
             write_lag_s=pipeline.write_lag_s,
             ingest_problems=pipeline.problems,
-            tracer=tracer,
-            authenticator=authenticator,
+            rpcs=rpcs,
         ),
         admission,
     )
@@ -222,8 +231,8 @@ async def _serve_api(
         "metaas serving on %s (port %d), storage %s%s, writer %s",
         settings.server.listen,
         api.port,
-        router.backend_name(Role.OLD),
-        f", migrating to {router.backend_name(Role.NEW)}" if router.enabled else "",
+        routing.backend_name(Role.OLD),
+        f", migrating to {routing.backend_name(Role.NEW)}" if routing.enabled else "",
         pipeline.generation,
     )
     if on_ready is not None:

@@ -3,70 +3,61 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import grpc
 import numpy as np
-from opentelemetry import trace
 
-from metaas.server.api.auth import Authenticator, Principal
-from metaas.server.api.errors import RequestError, abort, from_storage, invalid
-from metaas.server.api.tracing import rpc_span
+from metaas.server.api.auth import Principal
+from metaas.server.api.errors import RequestError, invalid
+from metaas.server.api.rpc import Call, Rpcs, RpcServicer, server_stream, unary
 from metaas.server.api.validation import Violations, check_range
-from metaas.server.migration.router import MigrationRouter
+from metaas.server.migration.guard import Guard
+from metaas.server.migration.routing import Routing
 from metaas.server.migration.stages import Role
 from metaas.server.migration.verify import verify_range
-from metaas.server.storage.errors import StorageError
 from metaas.v1 import migration_pb2, migration_pb2_grpc
 
 SERVICE = "metaas.v1.MigrationAdmin"
 
 
-class MigrationAdminServicer(migration_pb2_grpc.MigrationAdminServicer):
+class MigrationAdminServicer(RpcServicer, migration_pb2_grpc.MigrationAdminServicer):
     def __init__(
         self,
-        router: MigrationRouter,
+        routing: Routing,
+        guard: Guard,
         *,
         write_lag_s: Callable[[], dict[str, float]],
         ingest_problems: Callable[[], list[str]],
-        tracer: trace.Tracer,
-        authenticator: Authenticator,
+        rpcs: Rpcs,
     ) -> None:
-        self._router = router
+        super().__init__(rpcs)
+        self._routing = routing
+        self._guard = guard
         self._write_lag_s = write_lag_s
         self._ingest_problems = ingest_problems
-        self._tracer = tracer
-        self._auth = authenticator
 
+    @unary(SERVICE, admin=True, admit=False)
     async def GetMigrationStatus(
-        self,
-        request: migration_pb2.GetMigrationStatusRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: migration_pb2.GetMigrationStatusRequest, call: Call
     ) -> migration_pb2.GetMigrationStatusResponse:
-        try:
-            with rpc_span(self._tracer, SERVICE, "GetMigrationStatus"):
-                principal = self._auth.authenticate(context)
-                principal.require_admin()
-                if request.app:
-                    principal.require_app(request.app, "app")
-                return self._status(request, principal)
-        except RequestError as error:
-            await abort(context, error)
+        if request.app:
+            call.principal.require_app(request.app, "app")
+        return self._status(request, call.principal)
 
     def _status(
         self, request: migration_pb2.GetMigrationStatusRequest, principal: Principal
     ) -> migration_pb2.GetMigrationStatusResponse:
         """The status as ``principal`` may see it: mismatches and fallbacks of
         the apps it is granted only (a diff carries label values)."""
-        router = self._router
-        window = router.window
+        routing = self._routing
+        window = self._guard.window
         lag = self._write_lag_s()
         response = migration_pb2.GetMigrationStatusResponse(
-            migration_enabled=router.enabled,
-            old_backend=router.backend_name(Role.OLD),
-            new_backend=router.backend_name(Role.NEW),
+            migration_enabled=routing.enabled,
+            old_backend=routing.backend_name(Role.OLD),
+            new_backend=routing.backend_name(Role.NEW),
             # The flag file names other apps in its targeting rules.
-            flags=router.flags.describe() if router.enabled and principal.apps is None else "",
+            flags=routing.flags.describe() if routing.enabled and principal.apps is None else "",
             window_seconds=int(window.window_s),
             comparisons=window.total_comparisons,
             mismatches=window.total_mismatches,
@@ -105,15 +96,15 @@ class MigrationAdminServicer(migration_pb2_grpc.MigrationAdminServicer):
                 migration_pb2.Fallback(
                     app=f.app, stage=f.stage.value, reason=f.reason, since_ms=f.since_ms
                 )
-                for f in router.fallbacks.values()
+                for f in self._guard.fallbacks.values()
                 if principal.may_access(f.app)
             ],
             ingest_problems=self._ingest_problems(),
         )
         if request.app:
             response.app = request.app
-            response.stage = router.stage(request.app).value
-            response.check_ratio = router.flags.check_ratio(request.app) if router.enabled else 0.0
+            response.stage = routing.route(request.app).stage.value
+            response.check_ratio = routing.check_ratio(request.app)
         if request.include_history:
             for role, points in window.history().items():
                 for point in points:
@@ -137,51 +128,38 @@ class MigrationAdminServicer(migration_pb2_grpc.MigrationAdminServicer):
                     )
         return response
 
+    @server_stream(SERVICE, admin=True, admit=False)
     async def VerifyRange(
-        self,
-        request: migration_pb2.VerifyRangeRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: migration_pb2.VerifyRangeRequest, call: Call
     ) -> AsyncIterator[migration_pb2.VerifyRangeResponse]:
-        try:
-            with rpc_span(self._tracer, SERVICE, "VerifyRange"):
-                principal = self._auth.authenticate(context)
-                principal.require_admin()
-                if request.app:
-                    principal.require_app(request.app, "app")
-                self._validate(request)
-                router = self._router
-                app = request.app
-                main_role = (
-                    Role.NEW if router.authoritative(app) is router.storage(Role.NEW) else Role.OLD
-                )
-                other_role = Role.OLD if main_role is Role.NEW else Role.NEW
-                try:
-                    async for progress in verify_range(
-                        (main_role, router.storage(main_role)),
-                        (other_role, router.storage(other_role)),
-                        app=app,
-                        start_ms=request.start_ms,
-                        end_ms=request.end_ms,
-                        metrics=list(request.metrics),
-                        repair=request.repair,
-                    ):
-                        yield migration_pb2.VerifyRangeResponse(
-                            series_total=progress.series_total,
-                            series_checked=progress.series_checked,
-                            partials_compared=progress.partials_compared,
-                            partials_mismatched=progress.partials_mismatched,
-                            partials_repaired=progress.partials_repaired,
-                            done=progress.done,
-                            authoritative_backend=progress.authoritative,
-                            samples=progress.samples,
-                        )
-                except StorageError as error:
-                    raise from_storage(error) from error
-        except RequestError as error:
-            await abort(context, error)
+        if request.app:
+            call.principal.require_app(request.app, "app")
+        self._validate(request)
+        app = request.app
+        main_role = self._guard.read_role(self._routing.route(app))
+        other_role = Role.OLD if main_role is Role.NEW else Role.NEW
+        async for progress in verify_range(
+            (main_role, self._routing.storage(main_role)),
+            (other_role, self._routing.storage(other_role)),
+            app=app,
+            start_ms=request.start_ms,
+            end_ms=request.end_ms,
+            metrics=list(request.metrics),
+            repair=request.repair,
+        ):
+            yield migration_pb2.VerifyRangeResponse(
+                series_total=progress.series_total,
+                series_checked=progress.series_checked,
+                partials_compared=progress.partials_compared,
+                partials_mismatched=progress.partials_mismatched,
+                partials_repaired=progress.partials_repaired,
+                done=progress.done,
+                authoritative_backend=progress.authoritative,
+                samples=progress.samples,
+            )
 
     def _validate(self, request: migration_pb2.VerifyRangeRequest) -> None:
-        if not self._router.enabled:
+        if not self._routing.enabled:
             raise RequestError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "no migration is configured (set METAAS_MIGRATION_TARGET)",

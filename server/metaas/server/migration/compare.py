@@ -1,5 +1,7 @@
 """Comparing an authoritative answer with a shadow one (Scientist's
-Observation and Result): immutable values published through one seam."""
+Observation and Result): immutable values, and the pure functions that
+compare them. Both shadow paths (on the serving loop, in a worker process)
+reach their verdict through ``compare_results`` and ``judge``."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from metaas.server.query import ResultGroup
+from metaas.server.query import RangeQuery, ResultGroup
 
 MAX_DIFF_LINES = 5
+MINUTE_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,27 @@ class Comparison:
     def latency_delta_ms(self) -> float:
         """Candidate minus primary duration."""
         return (self.candidate.duration_s - self.primary.duration_s) * 1000
+
+
+def judge(
+    query: RangeQuery,
+    stage: str,
+    at_ms: int,
+    primary: Observation,
+    candidate: Observation,
+    diff: tuple[str, ...],
+) -> Comparison:
+    """The comparison of two reads of ``query`` given their differences; a
+    failed shadow read is a difference of its own."""
+    if candidate.error is not None:
+        diff = (f"shadow failed: {candidate.error}",)
+    return Comparison(query.app, query.metric, stage, at_ms, primary, candidate, not diff, diff)
+
+
+def newer_than_ms(now_ms: int, ignore_newest_minutes: int) -> int:
+    """Buckets ending after this are not compared: both backends may still
+    be catching up on the newest minutes."""
+    return now_ms - now_ms % MINUTE_MS - ignore_newest_minutes * MINUTE_MS
 
 
 def compare_results(

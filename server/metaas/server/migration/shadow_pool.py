@@ -78,7 +78,7 @@ class Setup:
 
 
 @dataclass(frozen=True, slots=True)
-class Task:
+class CheckTask:
     """What a worker needs to check one served answer."""
 
     role: str  # the shadow backend's role
@@ -185,7 +185,7 @@ class ShadowPool:
             log.info("shadow worker %d restarted", index)
             return
 
-    async def check(self, task: Task) -> Checked | None:
+    async def check(self, task: CheckTask) -> Checked | None:
         """The worker's verdict on ``task``, or None when it was skipped (see
         the module docstring)."""
         alive = [w for w in self._workers if w.alive]
@@ -336,7 +336,7 @@ def _serve(connection: Connection, setup: Setup) -> None:
         loop.close()
 
 
-async def _check(engine: QueryEngine, storage: Storage, task: Task) -> Checked:
+async def _check(engine: QueryEngine, storage: Storage, task: CheckTask) -> Checked:
     if time.time() > task.start_by_s:
         return Checked(0.0, skipped=True)  # waited too long behind other checks
     started = time.perf_counter()
