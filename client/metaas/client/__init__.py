@@ -4,7 +4,8 @@ Importable without any server dependency: it needs grpcio, protobuf and
 googleapis-common-protos only.
 """
 
-from metaas.client._async import DEFAULT_STATS, AsyncClient
+from metaas.client._async import AsyncClient
+from metaas.client._calls import DEFAULT_STATS
 from metaas.client._channel import DEFAULT_TARGET, SERVICE_CONFIG
 from metaas.client._errors import FieldViolation, MetaasError
 from metaas.client._sync import Client

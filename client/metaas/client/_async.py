@@ -2,145 +2,92 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
+import grpc.aio
+from google.protobuf.message import Message
 
-from metaas.client._channel import (
-    CHANNEL_OPTIONS,
-    DEFAULT_TARGET,
-    call_metadata,
-    channel_credentials,
-)
-from metaas.client._convert import query_request, query_result, series_list, write_request
-from metaas.client._errors import MetaasError
-from metaas.client._types import QueryResult, Series, SeriesList, TimeLike, to_ms
-from metaas.v1 import ingest_pb2, ingest_pb2_grpc, query_pb2, query_pb2_grpc
+from metaas.client import _calls as calls
+from metaas.client._base import ClientBase, documented_by, method_of, rpc_errors
+from metaas.client._calls import ServerStream, Unary
+from metaas.client._types import Series
 
-DEFAULT_STATS = ("count", "mean", "p50", "p99", "max")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-class AsyncClient:
-    """metaas over one gRPC channel.
+def _awaitable(
+    make: Callable[P, Unary[T]],
+) -> Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]]:
+    async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._unary(make(*args, **kwargs))
 
-    ``timeout`` is the default deadline of each call in seconds (None: no
-    deadline); every method takes its own. ``token`` is sent as
-    ``authorization: Bearer <token>``. TLS is used when ``tls`` is true or
-    any certificate is given: ``root_certificates`` (PEM) to trust, and
-    ``certificate_chain`` with ``private_key`` for mutual TLS."""
+    return method_of(make, method, "AsyncClient", None)
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        timeout: float | None = 10.0,
-        token: str | None = None,
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        private_key: bytes | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-        metadata: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        options = list(CHANNEL_OPTIONS)
-        credentials = credentials or channel_credentials(
-            tls=tls,
-            root_certificates=root_certificates,
-            certificate_chain=certificate_chain,
-            private_key=private_key,
-        )
-        self._channel = (
-            grpc.aio.secure_channel(target, credentials, options=options)
-            if credentials is not None
-            else grpc.aio.insecure_channel(target, options=options)
-        )
-        self._ingest = ingest_pb2_grpc.MetricsIngestStub(self._channel)
-        self._query = query_pb2_grpc.MetricsQueryStub(self._channel)
-        self._timeout = timeout
-        self._metadata = call_metadata(token, metadata)
 
-    async def write(
-        self,
-        series: Iterable[Series],
-        *,
-        idempotency_key: str | None = None,
-        timeout: float | None = None,
-    ) -> int:
-        """Write samples; returns how many were made durable. A key is made up
-        when none is given, so the client's own retries never double count."""
-        request = write_request(series, idempotency_key or uuid.uuid4().hex)
-        try:
-            response = await self._ingest.Write(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
+def _async_stream(
+    make: Callable[P, ServerStream[T]],
+) -> Callable[Concatenate[AsyncClient, P], AsyncIterator[T]]:
+    def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
+        return self._server_stream(make(*args, **kwargs))
+
+    return method_of(make, method, "AsyncClient", AsyncIterator)
+
+
+class AsyncClient(ClientBase[grpc.aio.Channel]):
+    """An asyncio metaas client, for services and concurrent work.
+
+    It holds one gRPC channel, which connects at the first call and serves
+    every task of its event loop; close it with :meth:`close` or an
+    ``async with`` block. Each method is one RPC with a deadline: the
+    client's ``timeout`` unless the call gives its own. gRPC itself retries
+    UNAVAILABLE (5 attempts, exponential backoff), which is safe for writes
+    because each carries an idempotency key. A refused or failed call raises
+    :class:`MetaasError`.
+
+    Example::
+
+        async with AsyncClient("127.0.0.1:50051", timeout=5) as client:
+            await client.write([Series("shop", "router.latency_ms", [now_ms], [12.5])])
+            result = await client.query_range(
+                "shop", "router.latency_ms", now_ms - 3_600_000, now_ms,
+                step=timedelta(minutes=5), stats=["count", "p99"],
             )
-        except grpc.RpcError as error:
-            raise MetaasError.from_rpc_error(error) from None
-        return response.accepted_samples
 
+    :class:`Client` has the same methods, blocking.
+    """
+
+    write = _awaitable(calls.write)
+    query_range = _awaitable(calls.query_range)
+    list_series = _awaitable(calls.list_series)
+    migration_status = _awaitable(calls.migration_status)
+    verify_range = _async_stream(calls.verify_range)
+
+    @documented_by(calls.write_stream)
     async def write_stream(
-        self, batches: AsyncIterable[Sequence[Series]], *, timeout: float | None = None
+        self,
+        batches: Iterable[Sequence[Series]] | AsyncIterable[Sequence[Series]],
+        *,
+        timeout: float | None = None,
     ) -> int:
-        """Send each batch as one message of a WriteStream; returns the total."""
-
-        async def requests() -> AsyncIterator[ingest_pb2.WriteRequest]:
-            async for batch in batches:
-                yield write_request(batch, uuid.uuid4().hex)
-
-        try:
-            response = await self._ingest.WriteStream(
-                requests(), timeout=self._deadline(timeout), metadata=self._metadata
-            )
-        except grpc.RpcError as error:
-            raise MetaasError.from_rpc_error(error) from None
-        return response.accepted_samples
-
-    async def query_range(
-        self,
-        app: str,
-        metric: str,
-        start: TimeLike,
-        end: TimeLike,
-        *,
-        step_ms: int = 60_000,
-        stats: Sequence[str] = DEFAULT_STATS,
-        matchers: Mapping[str, str] | None = None,
-        group_by: Sequence[str] = (),
-        timeout: float | None = None,
-    ) -> QueryResult:
-        request = query_request(
-            app, metric, to_ms(start), to_ms(end), step_ms, stats, matchers, group_by
-        )
-        try:
-            response = await self._query.QueryRange(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
-            )
-        except grpc.RpcError as error:
-            raise MetaasError.from_rpc_error(error) from None
-        return query_result(response)
-
-    async def list_series(
-        self,
-        app: str,
-        start: TimeLike,
-        end: TimeLike,
-        *,
-        metric: str | None = None,
-        timeout: float | None = None,
-    ) -> SeriesList:
-        request = query_pb2.ListSeriesRequest(
-            app=app, start_ms=to_ms(start), end_ms=to_ms(end), metric=metric or ""
-        )
-        try:
-            response = await self._query.ListSeries(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
-            )
-        except grpc.RpcError as error:
-            raise MetaasError.from_rpc_error(error) from None
-        return series_list(response)
+        call = calls.write_stream(timeout=timeout)
+        with rpc_errors():
+            response = await self._start(call, _messages(batches, call.message))
+        return call.convert(response)
 
     async def close(self) -> None:
+        """Close the channel; calls still in progress are cancelled."""
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -154,5 +101,40 @@ class AsyncClient:
     ) -> None:
         await self.close()
 
-    def _deadline(self, timeout: float | None) -> float | None:
-        return timeout if timeout is not None else self._timeout
+    def _open_channel(
+        self,
+        target: str,
+        credentials: grpc.ChannelCredentials | None,
+        options: list[tuple[str, Any]],
+    ) -> grpc.aio.Channel:
+        if credentials is None:
+            return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.secure_channel(target, credentials, options=options)
+
+    async def _unary(self, call: Unary[T]) -> T:
+        with rpc_errors():
+            response = await self._start(call, call.request)
+        return call.convert(response)
+
+    async def _server_stream(self, call: ServerStream[T]) -> AsyncIterator[T]:
+        responses = self._start(call, call.request)
+        try:
+            with rpc_errors():
+                async for response in responses:
+                    yield call.convert(response)
+        finally:
+            responses.cancel()
+
+
+def _messages(
+    batches: Iterable[Sequence[Series]] | AsyncIterable[Sequence[Series]],
+    message: Callable[[Sequence[Series]], Message],
+) -> Iterator[Message] | AsyncIterator[Message]:
+    if not isinstance(batches, AsyncIterable):
+        return map(message, batches)
+
+    async def messages() -> AsyncIterator[Message]:
+        async for batch in batches:
+            yield message(batch)
+
+    return messages()

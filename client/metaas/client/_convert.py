@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from metaas.client._types import QueryResult, ResultSeries, Series, SeriesInfo, SeriesList
@@ -52,12 +53,19 @@ def query_result(response: query_pb2.QueryRangeResponse) -> QueryResult:
             ResultSeries(
                 labels=dict(s.labels),
                 times_ms=tuple(s.times_ms),
-                stats={v.stat: tuple(v.values) for v in s.stats},
+                stats={v.stat: _stat_values(v) for v in s.stats},
             )
             for s in response.series
         ),
         served_by=response.served_by,
     )
+
+
+def _stat_values(values: query_pb2.StatValues) -> tuple[int | float, ...]:
+    # The protocol carries every stat as a double; a count is a whole number.
+    if values.stat == "count":
+        return tuple(int(v) if math.isfinite(v) else v for v in values.values)
+    return tuple(values.values)
 
 
 def series_list(response: query_pb2.ListSeriesResponse) -> SeriesList:

@@ -1,161 +1,77 @@
-"""The blocking client, for scripts and notebooks."""
+"""The blocking client."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import grpc
 
-from metaas.client._async import DEFAULT_STATS
-from metaas.client._channel import (
-    CHANNEL_OPTIONS,
-    DEFAULT_TARGET,
-    call_metadata,
-    channel_credentials,
-)
-from metaas.client._convert import query_request, query_result, series_list, write_request
-from metaas.client._errors import MetaasError
-from metaas.client._types import QueryResult, Series, SeriesList, TimeLike, to_ms
-from metaas.v1 import (
-    ingest_pb2,
-    ingest_pb2_grpc,
-    migration_pb2,
-    migration_pb2_grpc,
-    query_pb2,
-    query_pb2_grpc,
-)
+from metaas.client import _calls as calls
+from metaas.client._base import ClientBase, documented_by, method_of, rpc_errors
+from metaas.client._calls import ServerStream, Unary
+from metaas.client._types import Series
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-class Client:
-    """Blocking twin of :class:`metaas.client.AsyncClient`."""
+def _blocking(make: Callable[P, Unary[T]]) -> Callable[Concatenate[Client, P], T]:
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._unary(make(*args, **kwargs))
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        timeout: float | None = 10.0,
-        token: str | None = None,
-        tls: bool = False,
-        root_certificates: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        private_key: bytes | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-        metadata: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        options = list(CHANNEL_OPTIONS)
-        credentials = credentials or channel_credentials(
-            tls=tls,
-            root_certificates=root_certificates,
-            certificate_chain=certificate_chain,
-            private_key=private_key,
-        )
-        self._channel = (
-            grpc.secure_channel(target, credentials, options=options)
-            if credentials is not None
-            else grpc.insecure_channel(target, options=options)
-        )
-        self._ingest = ingest_pb2_grpc.MetricsIngestStub(self._channel)
-        self._query = query_pb2_grpc.MetricsQueryStub(self._channel)
-        self._admin = migration_pb2_grpc.MigrationAdminStub(self._channel)
-        self._timeout = timeout
-        self._metadata = call_metadata(token, metadata)
+    return method_of(make, method, "Client", None)
 
-    def write(
-        self,
-        series: Iterable[Series],
-        *,
-        idempotency_key: str | None = None,
-        timeout: float | None = None,
+
+def _blocking_stream(
+    make: Callable[P, ServerStream[T]],
+) -> Callable[Concatenate[Client, P], Iterator[T]]:
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        return self._server_stream(make(*args, **kwargs))
+
+    return method_of(make, method, "Client", Iterator)
+
+
+class Client(ClientBase[grpc.Channel]):
+    """A blocking metaas client, for scripts, notebooks and threaded programs.
+
+    It holds one gRPC channel, which connects at the first call and may be
+    shared by threads; close it with :meth:`close` or a ``with`` block. Each
+    method is one RPC with a deadline: the client's ``timeout`` unless the
+    call gives its own. gRPC itself retries UNAVAILABLE (5 attempts,
+    exponential backoff), which is safe for writes because each carries an
+    idempotency key. A refused or failed call raises :class:`MetaasError`.
+
+    Example::
+
+        with Client("127.0.0.1:50051", timeout=5) as client:
+            client.write([Series("shop", "router.latency_ms", [now_ms], [12.5])])
+            result = client.query_range(
+                "shop", "router.latency_ms", now_ms - 3_600_000, now_ms,
+                step=timedelta(minutes=5), stats=["count", "p99"],
+            )
+
+    :class:`AsyncClient` has the same methods, as coroutines.
+    """
+
+    write = _blocking(calls.write)
+    query_range = _blocking(calls.query_range)
+    list_series = _blocking(calls.list_series)
+    migration_status = _blocking(calls.migration_status)
+    verify_range = _blocking_stream(calls.verify_range)
+
+    @documented_by(calls.write_stream)
+    def write_stream(
+        self, batches: Iterable[Sequence[Series]], *, timeout: float | None = None
     ) -> int:
-        request = write_request(series, idempotency_key or uuid.uuid4().hex)
-        try:
-            response: ingest_pb2.WriteResponse = self._ingest.Write(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
-            )
-        except grpc.RpcError as error:
-            raise MetaasError.from_rpc_error(error) from None
-        return response.accepted_samples
-
-    def query_range(
-        self,
-        app: str,
-        metric: str,
-        start: TimeLike,
-        end: TimeLike,
-        *,
-        step_ms: int = 60_000,
-        stats: Sequence[str] = DEFAULT_STATS,
-        matchers: Mapping[str, str] | None = None,
-        group_by: Sequence[str] = (),
-        timeout: float | None = None,
-    ) -> QueryResult:
-        request = query_request(
-            app, metric, to_ms(start), to_ms(end), step_ms, stats, matchers, group_by
-        )
-        try:
-            response: query_pb2.QueryRangeResponse = self._query.QueryRange(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
-            )
-        except grpc.RpcError as error:
-            raise MetaasError.from_rpc_error(error) from None
-        return query_result(response)
-
-    def list_series(
-        self,
-        app: str,
-        start: TimeLike,
-        end: TimeLike,
-        *,
-        metric: str | None = None,
-        timeout: float | None = None,
-    ) -> SeriesList:
-        request = query_pb2.ListSeriesRequest(
-            app=app, start_ms=to_ms(start), end_ms=to_ms(end), metric=metric or ""
-        )
-        try:
-            response: query_pb2.ListSeriesResponse = self._query.ListSeries(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
-            )
-        except grpc.RpcError as error:
-            raise MetaasError.from_rpc_error(error) from None
-        return series_list(response)
-
-    def migration_status(
-        self, app: str = "", *, include_history: bool = False, timeout: float | None = None
-    ) -> migration_pb2.GetMigrationStatusResponse:
-        """MigrationAdmin.GetMigrationStatus (admin callers)."""
-        try:
-            response: migration_pb2.GetMigrationStatusResponse = self._admin.GetMigrationStatus(
-                migration_pb2.GetMigrationStatusRequest(app=app, include_history=include_history),
-                timeout=self._deadline(timeout),
-                metadata=self._metadata,
-            )
-        except grpc.RpcError as error:
-            raise MetaasError.from_rpc_error(error) from None
-        return response
-
-    def verify_range(
-        self,
-        app: str,
-        start: TimeLike,
-        end: TimeLike,
-        *,
-        repair: bool = False,
-        metrics: Sequence[str] = (),
-        timeout: float | None = None,
-    ) -> Iterator[migration_pb2.VerifyRangeResponse]:
-        """MigrationAdmin.VerifyRange: progress messages, the last one done."""
-        request = migration_pb2.VerifyRangeRequest(
-            app=app, start_ms=to_ms(start), end_ms=to_ms(end), repair=repair, metrics=list(metrics)
-        )
-        try:
-            yield from self._admin.VerifyRange(request, timeout=timeout, metadata=self._metadata)
-        except grpc.RpcError as error:
-            raise MetaasError.from_rpc_error(error) from None
+        call = calls.write_stream(timeout=timeout)
+        with rpc_errors():
+            response = self._start(call, map(call.message, batches))
+        return call.convert(response)
 
     def close(self) -> None:
+        """Close the channel; calls still in progress are cancelled."""
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -169,5 +85,26 @@ class Client:
     ) -> None:
         self.close()
 
-    def _deadline(self, timeout: float | None) -> float | None:
-        return timeout if timeout is not None else self._timeout
+    def _open_channel(
+        self,
+        target: str,
+        credentials: grpc.ChannelCredentials | None,
+        options: list[tuple[str, Any]],
+    ) -> grpc.Channel:
+        if credentials is None:
+            return grpc.insecure_channel(target, options=options)
+        return grpc.secure_channel(target, credentials, options=options)
+
+    def _unary(self, call: Unary[T]) -> T:
+        with rpc_errors():
+            response = self._start(call, call.request)
+        return call.convert(response)
+
+    def _server_stream(self, call: ServerStream[T]) -> Iterator[T]:
+        responses = self._start(call, call.request)
+        try:
+            with rpc_errors():
+                for response in responses:
+                    yield call.convert(response)
+        finally:
+            responses.cancel()
