@@ -10,25 +10,32 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 
-from metaas.server.api.admin import MigrationAdminServicer
-from metaas.server.api.admission import Admission
-from metaas.server.api.auth import Authenticator
-from metaas.server.api.ingest import MetricsIngestServicer
-from metaas.server.api.query import MetricsQueryServicer
-from metaas.server.api.rpc import Rpcs
-from metaas.server.api.server import Api
+from metaas.server.api import (
+    Admission,
+    Api,
+    Authenticator,
+    MetricsIngestServicer,
+    MetricsQueryServicer,
+    MigrationAdminServicer,
+    Rpcs,
+)
 from metaas.server.clock import Clock, SystemClock
 from metaas.server.config import Settings
 from metaas.server.ingest.pipeline import IngestPipeline
-from metaas.server.migration.flags import open_flags
-from metaas.server.migration.guard import Guard
-from metaas.server.migration.publisher import Publisher
-from metaas.server.migration.router import MigrationRouter
-from metaas.server.migration.routing import Routing
-from metaas.server.migration.shadow import LoopShadow, Shadow, WorkerShadow
-from metaas.server.migration.shadow_pool import ShadowPool, setup_of
-from metaas.server.migration.stages import Role
-from metaas.server.migration.window import MigrationWindow
+from metaas.server.migration import (
+    Guard,
+    LoopShadow,
+    MigrationRouter,
+    MigrationWindow,
+    Publisher,
+    Role,
+    Routing,
+    Shadow,
+    ShadowPool,
+    WorkerShadow,
+    open_flags,
+    setup_of,
+)
 from metaas.server.query import QueryEngine
 from metaas.server.storage import Storage, StorageContext, open_storage
 from metaas.server.telemetry import Telemetry
