@@ -34,6 +34,22 @@ Context = grpc.aio.ServicerContext  # type: ignore[type-arg]
 NAN = float("nan")
 
 
+async def refuse(context: Context, code: grpc.StatusCode, field: str, description: str) -> None:
+    """Abort as the server does: the status with a BadRequest naming ``field``."""
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            ]
+        )
+    )
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message="refused", details=[detail]
+    )
+    await context.abort_with_status(rpc_status.to_status(status))
+
+
 class Scripted(
     ingest_pb2_grpc.MetricsIngestServicer,
     query_pb2_grpc.MetricsQueryServicer,
@@ -55,21 +71,7 @@ class Scripted(
         self.deadlines[rpc] = context.time_remaining()
         self.metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         if self.refuse is not None:
-            code, field, description = self.refuse
-            detail = any_pb2.Any()
-            detail.Pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=field, description=description
-                        )
-                    ]
-                )
-            )
-            status = status_pb2.Status(
-                code=getattr(code_pb2, code.name), message="refused", details=[detail]
-            )
-            await context.abort_with_status(rpc_status.to_status(status))
+            await refuse(context, *self.refuse)
 
     async def Write(
         self, request: ingest_pb2.WriteRequest, context: Context
@@ -90,6 +92,10 @@ class Scripted(
         self, request: query_pb2.QueryRangeRequest, context: Context
     ) -> query_pb2.QueryRangeResponse:
         await self._take("QueryRange", request, context)
+        if request.end_ms <= request.start_ms:
+            await refuse(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "end_ms", "must be after start_ms"
+            )
         return query_pb2.QueryRangeResponse(
             served_by="scripted",
             series=[
