@@ -25,6 +25,14 @@ class FixedClock:
 Opener = Callable[[Path, FixedClock], Awaitable[Storage]]
 
 
+def backend_of(storage: Storage) -> Storage:
+    """The backend itself, under what ``open_storage`` wraps it in (the
+    retention, the instrumentation)."""
+    while (inner := getattr(storage, "inner", None)) is not None:
+        storage = inner
+    return storage
+
+
 async def _sqlite(tmp_path: Path, clock: FixedClock) -> Storage:
     return await open_storage(
         f"sqlite:///{tmp_path / 'conformance.db'}", StorageContext(RETENTION_MS, clock=clock)

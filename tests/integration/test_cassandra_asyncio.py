@@ -28,7 +28,7 @@ from metaas.server.storage import (
     Unavailable,
     open_storage,
 )
-from metaas.server.storage.cassandra.session import translate
+from metaas.server.storage.cassandra.session import translated
 from metaas.server.telemetry import Telemetry
 from tests.backends.cassandra import RETENTION_MS, drop_keyspace, url
 
@@ -158,13 +158,17 @@ async def test_cancelling_a_read_frees_its_slot_and_is_no_storage_error(written:
     ],
 )
 def test_driver_errors_become_domain_errors(error: Exception, expected: type[StorageError]) -> None:
-    translated = translate(error)
-    assert type(translated) is expected
-    assert isinstance(translated, StorageError)
-    assert translated.backend == "cassandra"
-    assert translated.is_retryable == (expected is not Invalid)
+    with pytest.raises(StorageError) as raised, translated:
+        raise error
+    translated_error = raised.value
+    assert type(translated_error) is expected
+    assert translated_error.__cause__ is error
+    assert translated_error.backend == "cassandra"
+    assert translated_error.is_retryable == (expected is not Invalid)
 
 
 def test_cancellation_is_never_translated() -> None:
     cancelled = asyncio.CancelledError()
-    assert translate(cancelled) is cancelled
+    with pytest.raises(asyncio.CancelledError) as raised, translated:
+        raise cancelled
+    assert raised.value is cancelled

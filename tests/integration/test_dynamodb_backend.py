@@ -27,17 +27,17 @@ from metaas.server.storage import (
     Invalid,
     Storage,
     StorageContext,
+    StorageError,
     Throttled,
     Unavailable,
     apply_schema,
     open_storage,
 )
 from metaas.server.storage.dynamodb import DynamoConfig, DynamoStorage, schema
-from metaas.server.storage.dynamodb.calls import translate_client_error
-from metaas.server.storage.instrumented import InstrumentedStorage
+from metaas.server.storage.dynamodb.calls import translated
 from metaas.server.telemetry import Telemetry
 from tests.backends import dynamodb
-from tests.conformance.conftest import FixedClock
+from tests.conformance.conftest import FixedClock, backend_of
 from tests.support import free_port
 
 NOW = 1_800_000_000_000
@@ -53,7 +53,7 @@ def partial(
 
 
 def inner(storage: Storage) -> DynamoStorage:
-    return cast(DynamoStorage, cast(InstrumentedStorage, storage).inner)
+    return cast(DynamoStorage, backend_of(storage))
 
 
 def client_of(storage: Storage) -> Any:
@@ -208,10 +208,11 @@ def test_driver_errors_become_domain_errors(code: str, status: int, kind: type) 
         {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
         "BatchWriteItem",
     )
-    translated = translate_client_error(error)
-    assert type(translated) is kind
-    assert translated.backend == "dynamodb"
-    assert code in str(translated)
+    with pytest.raises(StorageError) as raised, translated:
+        raise error
+    assert type(raised.value) is kind
+    assert raised.value.backend == "dynamodb"
+    assert code in str(raised.value)
 
 
 async def test_unprocessed_items_are_retried_until_applied(

@@ -19,7 +19,7 @@ rewritten three times on its way past 400 KB).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from metaas.server.ingest.aggregator import Aggregator
 from metaas.server.ingest.flusher import write_pending
 from metaas.server.ingest.records import SeriesBatch
 from metaas.server.model import Partial, Resolution, SeriesKey
-from metaas.server.query.stats import Stat, evaluate, parse_stat
+from metaas.server.query.stats import Stat, evaluate_many, parse_stat
 from metaas.server.sketch import Distribution
 from metaas.server.storage import Storage, StorageContext, codec, open_storage
 from metaas.server.storage.dynamodb import schema
@@ -59,6 +59,12 @@ CASES = [
     pytest.param("gzip", 200, 1.0, False, id="gzip"),
     pytest.param("zstd", 1000, 2.0, True, id="zstd-chunked"),
 ]
+
+
+def stats_of(distributions: Iterable[Distribution]) -> list[list[float]]:
+    """Each distribution's STATS, in order, as the query engine computes them."""
+    columns = evaluate_many(STATS, list(distributions))
+    return [list(values) for values in zip(*columns, strict=True)]
 
 
 def dyno_batches(requests_per_minute: int, sigma: float) -> list[SeriesBatch]:
@@ -90,7 +96,7 @@ def stat_table(
             merged[group, bucket].merge(partial.distribution)
         else:
             merged[group, bucket] = partial.distribution.copy()
-    return {key: evaluate(STATS, distribution) for key, distribution in merged.items()}
+    return dict(zip(merged, stats_of(merged.values()), strict=True))
 
 
 def metric_total(reader: InMemoryMetricReader, name: str) -> float:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from metaas.server.config import CodecConfig
 from metaas.server.sketch import Distribution
 from metaas.server.storage import codec
+from metaas.server.storage.errors import Corrupt, StorageError
 
 HEADER = 4
 MB = 1024 * 1024
@@ -37,6 +38,11 @@ def payloads(draw: st.DrawFn) -> bytes:
     words = [b"dyno", b"web.", b"status", b"2xx", b"router", b'{"', b'":"']
     text = b"".join(rng.choice(words) for _ in range(size // 3 + 1))
     return text[:size]
+
+
+def codec_in(item: bytes) -> codec.Codec:
+    """The codec an item's header names (its third byte)."""
+    return codec.Codec(item[2])
 
 
 def config_for(compression: str, threshold: int) -> CodecConfig:
@@ -67,7 +73,7 @@ def test_round_trip_and_header_for_any_size_codec_and_threshold(
     assert encoded.data[3] == 0  # flags
     compressed = HEADER + len(payload) > threshold
     assert encoded.codec is (EXPECTED[compression] if compressed else codec.Codec.NONE)
-    assert codec.codec_of(encoded.data) is encoded.codec
+    assert codec_in(encoded.data) is encoded.codec
     if not compressed:
         assert encoded.data[HEADER:] == payload
 
@@ -80,7 +86,7 @@ def test_any_codec_decodes_whatever_is_configured(
     """Decoding needs no configuration: a reader set to one codec reads items
     written with the other, so switching METAAS_COMPRESSION is safe."""
     item = codec.encode(payload, config_for(written_with, 0)).data
-    assert codec.codec_of(item) is EXPECTED[written_with]
+    assert codec_in(item) is EXPECTED[written_with]
     reencoded = codec.encode(codec.decode(item), config_for(configured, 0)).data
     assert codec.decode(reencoded) == payload
 
@@ -123,8 +129,46 @@ def test_encoding_is_deterministic(compression: str) -> None:
     ],
 )
 def test_foreign_or_damaged_headers_are_refused(item: bytes, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(Corrupt, match=message) as raised:
         codec.decode(item)
+    assert not raised.value.is_retryable
+
+
+def _plain(payload: bytes) -> bytes:
+    return codec.encode(payload, CodecConfig()).data
+
+
+_STORED = Distribution.from_values(np.array([1.0, 2.5, 400.0])).to_bytes()
+DAMAGED = {
+    "bad compression": b"M\x01\x01\x00" + b"not zstd at all",
+    "bad gzip": b"M\x01\x02\x00" + b"not gzip at all",
+    "truncated distribution": _plain(_STORED[:-3]),
+    "bad encoding byte": _plain(b"\x63" + _STORED[1:]),
+    "trailing bytes": _plain(_STORED + b"\x00"),
+    "empty payload": _plain(b""),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED))
+async def test_every_decoding_failure_is_the_one_corrupt_error(damage: str) -> None:
+    """Whatever is wrong with a stored item, each way of decoding it raises
+    Corrupt (a storage error that retrying does not help), never the
+    decoder's own error."""
+    item = DAMAGED[damage]
+    good = codec.encode_distribution(Distribution.from_values(np.array([3.0])), CodecConfig())
+    for decode in (
+        lambda: codec.decode_distribution(item),
+        lambda: codec.decode_many([good.data, item]),
+    ):
+        with pytest.raises(Corrupt, match="undecodable") as raised:
+            decode()
+        assert isinstance(raised.value, StorageError)
+        assert not raised.value.is_retryable
+    with pytest.raises(Corrupt):
+        await codec.decode_distributions([item])
+    big = [good.data] * 20_000  # decoded on a thread
+    with pytest.raises(Corrupt):
+        await codec.decode_distributions([*big, item])
 
 
 @pytest.mark.parametrize("compression", ["zstd", "gzip"])
@@ -146,7 +190,7 @@ async def test_distributions_round_trip_on_and_off_the_event_loop() -> None:
         mixed = [e.data for pair in zip(zstd, gzip, strict=True) for e in pair]
         decoded = await codec.decode_distributions(mixed)
         assert decoded == [d for d in batch for _ in range(2)]
-        assert {codec.codec_of(item) for item in mixed} == {codec.Codec.ZSTD, codec.Codec.GZIP}
+        assert {codec_in(item) for item in mixed} == {codec.Codec.ZSTD, codec.Codec.GZIP}
 
 
 @pytest.mark.parametrize("encoding", [1, 2])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from metaas.server.model import Labels, Partial, Resolution, SeriesKey, matches
+from metaas.server.query import answer as answer_module
 from metaas.server.query import engine
 from metaas.server.query.engine import (
     QueryEngine,
@@ -171,9 +172,9 @@ def test_reading_in_pieces_gives_the_answer_of_one_merge(
     stored = partials(series=30, minutes=90, writers=2)
     q = query(step, group_by, start=start)
     monkeypatch.setattr(engine, "PIECE_ROWS", 25)
-    monkeypatch.setattr(engine, "_MERGE_STEP", 7)
-    monkeypatch.setattr(engine, "_GROUP_STEP", 11)
-    monkeypatch.setattr(engine, "_EVALUATE_STEP", 5)
+    monkeypatch.setattr(answer_module, "_MERGE_STEP", 7)
+    monkeypatch.setattr(answer_module, "_GROUP_STEP", 11)
+    monkeypatch.setattr(answer_module, "_EVALUATE_STEP", 5)
     reader = MemoryReader(stored)
     got = run(reader, q)
     assert [g.labels for g in got] == sorted(g.labels for g in got)

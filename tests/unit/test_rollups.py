@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +18,9 @@ from metaas.server.ingest.aggregator import Aggregator
 from metaas.server.ingest.flusher import write_pending
 from metaas.server.ingest.records import SeriesBatch
 from metaas.server.model import Labels, Partial, Resolution, SeriesKey
-from metaas.server.query.engine import QueryEngine, RangeQuery, plan_reads
-from metaas.server.query.stats import Stat, evaluate, parse_stat
+from metaas.server.query import QueryEngine, RangeQuery
+from metaas.server.query.plan import plan_reads
+from metaas.server.query.stats import Stat, evaluate_many, parse_stat
 from metaas.server.sketch import Distribution
 from metaas.server.storage import Storage, StorageContext, codec, open_storage
 from metaas.server.storage.sqlite.schema import SCHEMA_VERSION
@@ -37,6 +38,12 @@ def _stat(name: str) -> Stat:
 
 
 STATS = tuple(_stat(name) for name in ("count", "sum", "min", "max", "p50", "p99"))
+
+
+def stats_of(distributions: Iterable[Distribution]) -> list[list[float]]:
+    """Each distribution's STATS, in order, as the query engine computes them."""
+    columns = evaluate_many(STATS, list(distributions))
+    return [list(values) for values in zip(*columns, strict=True)]
 
 
 def batch(dyno: str, times: np.ndarray, values: np.ndarray) -> SeriesBatch:
@@ -106,7 +113,7 @@ async def reference(storage: Storage, q: RangeQuery) -> dict[tuple[object, int],
             merged[(group, bucket)].merge(p.distribution)
         else:
             merged[(group, bucket)] = p.distribution.copy()
-    return {key: evaluate(STATS, d) for key, d in merged.items()}
+    return dict(zip(merged, stats_of(merged.values()), strict=True))
 
 
 def answers(groups: Sequence[object]) -> dict[tuple[object, int], list[float]]:

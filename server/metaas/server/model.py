@@ -5,10 +5,16 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
+from typing import Final
 
 from metaas.server.sketch import Distribution
 
 Labels = tuple[tuple[str, str], ...]
+
+# Time units, in milliseconds: every other module imports them from here.
+MINUTE_MS: Final = 60_000
+HOUR_MS: Final = 60 * MINUTE_MS
+DAY_MS: Final = 24 * HOUR_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +93,8 @@ class Resolution(enum.IntEnum):
     of sixty. Both are written by the same flush, with the same epoch rules.
     """
 
-    MINUTE = 60_000
-    HOUR = 3_600_000
+    MINUTE = MINUTE_MS
+    HOUR = HOUR_MS
 
     def floor(self, time_ms: int) -> int:
         """Start of the bucket holding ``time_ms``."""
@@ -97,6 +103,11 @@ class Resolution(enum.IntEnum):
     def ceil(self, time_ms: int) -> int:
         """The first bucket start at or after ``time_ms``."""
         return -(-time_ms // self) * self
+
+    def last_minute(self, start_ms: int) -> int:
+        """The last minute of the bucket starting at ``start_ms``: the bucket
+        leaves the retention with it (and expires a retention after it)."""
+        return start_ms + self - MINUTE_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +126,7 @@ class PartialKey:
     @property
     def last_minute_ms(self) -> int:
         """The bucket's last minute: it leaves the retention with it."""
-        return self.minute_ms + self.resolution - Resolution.MINUTE
+        return self.resolution.last_minute(self.minute_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,3 +150,8 @@ class Partial:
     @property
     def key(self) -> PartialKey:
         return PartialKey(self.series, self.minute_ms, self.writer, self.resolution)
+
+    @property
+    def last_minute_ms(self) -> int:
+        """The bucket's last minute: it leaves the retention with it."""
+        return self.resolution.last_minute(self.minute_ms)

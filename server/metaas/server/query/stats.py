@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -61,24 +60,3 @@ def evaluate_many(
         else:
             columns.append(tuple(d.mean for d in distributions))
     return columns
-
-
-def evaluate(stats: tuple[Stat, ...], distribution: Distribution) -> list[float]:
-    """Each stat's value for one bucket, in order."""
-    fractions = [s.quantile for s in stats if s.quantile is not None]
-    quantiles = iter(distribution.quantiles(fractions) if fractions else [])
-    values = []
-    for stat in stats:
-        if stat.quantile is not None:
-            values.append(next(quantiles))
-        elif stat.name == "count":
-            values.append(float(distribution.count))
-        elif stat.name == "sum":
-            values.append(distribution.sum)
-        elif stat.name == "min":
-            values.append(distribution.min)
-        elif stat.name == "max":
-            values.append(distribution.max)
-        else:
-            values.append(distribution.mean if distribution.count else math.nan)
-    return values

@@ -6,7 +6,9 @@ Each backend is a subpackage exposing two coroutines::
     async def apply_schema(url: str, context: StorageContext) -> str
 
 and is imported only when its scheme is used, so its driver is never loaded
-otherwise.
+otherwise. ``open_storage`` wraps what it opens: the retention
+(``retention.Retained``), then a span and metrics per call
+(``instrumented.InstrumentedStorage``); a backend applies neither itself.
 """
 
 from __future__ import annotations
@@ -19,8 +21,15 @@ from urllib.parse import urlsplit
 from metaas.server.config import ConfigError
 from metaas.server.storage.base import PartialReader, PartialWriter, Storage
 from metaas.server.storage.context import StorageContext
-from metaas.server.storage.errors import Invalid, StorageError, Throttled, Unavailable
+from metaas.server.storage.errors import (
+    Corrupt,
+    Invalid,
+    StorageError,
+    Throttled,
+    Unavailable,
+)
 from metaas.server.storage.instrumented import CallObserver, InstrumentedStorage
+from metaas.server.storage.retention import Retained, Retention
 
 BACKENDS: Final = {
     "sqlite": "metaas.server.storage.sqlite",
@@ -30,6 +39,7 @@ BACKENDS: Final = {
 
 __all__ = [
     "BACKENDS",
+    "Corrupt",
     "Invalid",
     "PartialReader",
     "PartialWriter",
@@ -61,10 +71,12 @@ async def open_storage(
     on_call: CallObserver | None = None,
 ) -> Storage:
     """Open the backend named by ``url`` (see the README for each scheme),
-    with a span and latency metrics around every call; ``role`` (old or new
-    during a migration) is added to both, and ``on_call`` sees every call."""
+    its reads kept to the retention, with a span and latency metrics around
+    every call; ``role`` (old or new during a migration) is added to both,
+    and ``on_call`` sees every call."""
     backend = cast(Storage, await _backend(url, "open_backend")(url, context))
-    return InstrumentedStorage(backend, context.telemetry, role=role, on_call=on_call)
+    retained = Retained(backend, Retention(context.retention_ms, context.clock))
+    return InstrumentedStorage(retained, context.telemetry, role=role, on_call=on_call)
 
 
 async def apply_schema(url: str, context: StorageContext) -> str:

@@ -1,8 +1,12 @@
 """The storage contract: small Protocols split by role.
 
 Callers depend on these Protocols, never on a driver. Every backend lives in
-its own subpackage, translates its errors into :mod:`metaas.server.storage.errors`
-and passes the conformance suite in ``tests/conformance``.
+its own subpackage, translates its driver's errors into
+:mod:`metaas.server.storage.errors` with one ``Translator`` (``with
+translated:`` around each driver call), and passes the conformance suite in
+``tests/conformance``. What is the same for every backend is applied once,
+around it: the retention (``retention.Retained``), spans and metrics
+(``instrumented``), and the item codec's one ``Corrupt`` error.
 """
 
 from __future__ import annotations

@@ -108,6 +108,8 @@ class InstrumentedStorage:
             try:
                 return await call
             except StorageError as error:
+                if not error.backend:  # raised outside a driver call (Corrupt)
+                    error.backend = system
                 outcome = "retryable_error" if error.is_retryable else "error"
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
                 self._errors.add(1, {**attributes, "outcome": outcome})

@@ -7,12 +7,14 @@ from asyncio.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Final
 
 from opentelemetry.trace import SpanKind
 
 from metaas.server.model import (
+    DAY_MS,
+    HOUR_MS,
     Labels,
     Partial,
     PartialKey,
@@ -21,14 +23,14 @@ from metaas.server.model import (
     decode_labels,
     matches,
 )
-from metaas.server.sketch import Distribution
 from metaas.server.storage import codec
 from metaas.server.storage.cassandra import schema
 from metaas.server.storage.cassandra.config import CassandraConfig
-from metaas.server.storage.cassandra.schema import DAY_MS, HOUR_MS, MAX_TTL_S
+from metaas.server.storage.cassandra.schema import MAX_TTL_S
 from metaas.server.storage.cassandra.session import NAME, CqlSession, Prepared, Row
+from metaas.server.storage.cassandra.statements import CQL
+from metaas.server.storage.concurrency import gather_or_cancel
 from metaas.server.storage.context import StorageContext
-from metaas.server.storage.errors import Invalid
 
 # Series-hours this process has indexed; past this many the memory is reset
 # (which costs a few redundant index writes, nothing else).
@@ -40,67 +42,6 @@ _SEEK_SERIES: Final = 64
 
 _SeriesHour = tuple[str, int, str, str]  # app, hour, metric, labels
 _PageHandler = Callable[[list[Row]], Awaitable[None]]
-
-# Statement templates ({ks} is the keyspace) and whether each is a read.
-_CQL: Final = {
-    "insert_partial": (
-        "INSERT INTO {ks}.partials "
-        "(app, metric, hour, minute, labels, writer, epoch, distribution) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
-        False,
-    ),
-    "insert_hourly": (
-        "INSERT INTO {ks}.hourly "
-        "(app, metric, day, hour, labels, writer, epoch, distribution) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
-        False,
-    ),
-    "insert_series": (
-        "INSERT INTO {ks}.series_by_app (app, day, hour, metric, labels) "
-        "VALUES (?, ?, ?, ?, ?) USING TTL ?",
-        False,
-    ),
-    "select_range": (
-        "SELECT minute, labels, writer, epoch, distribution FROM {ks}.partials "
-        "WHERE app = ? AND metric = ? AND hour = ? AND minute >= ? AND minute < ?",
-        True,
-    ),
-    "select_series_range": (
-        "SELECT minute, labels, writer, epoch, distribution FROM {ks}.partials "
-        "WHERE app = ? AND metric = ? AND hour = ? AND minute IN ? AND labels IN ?",
-        True,
-    ),
-    "select_hourly_series_range": (
-        "SELECT hour, labels, writer, epoch, distribution FROM {ks}.hourly "
-        "WHERE app = ? AND metric = ? AND day = ? AND hour IN ? AND labels IN ?",
-        True,
-    ),
-    "select_labels": (
-        "SELECT labels FROM {ks}.partials "
-        "WHERE app = ? AND metric = ? AND hour = ? AND minute >= ? AND minute < ?",
-        True,
-    ),
-    "select_one": (
-        "SELECT epoch, distribution FROM {ks}.partials WHERE app = ? AND metric = ? "
-        "AND hour = ? AND minute = ? AND labels = ? AND writer = ?",
-        True,
-    ),
-    "select_hourly_range": (
-        "SELECT hour, labels, writer, epoch, distribution FROM {ks}.hourly "
-        "WHERE app = ? AND metric = ? AND day = ? AND hour >= ? AND hour < ?",
-        True,
-    ),
-    "select_hourly_one": (
-        "SELECT epoch, distribution FROM {ks}.hourly WHERE app = ? AND metric = ? "
-        "AND day = ? AND hour = ? AND labels = ? AND writer = ?",
-        True,
-    ),
-    "select_series": (
-        "SELECT hour, metric, labels FROM {ks}.series_by_app "
-        "WHERE app = ? AND day = ? AND hour >= ? AND hour < ?",
-        True,
-    ),
-}
 
 
 class CassandraStorage:
@@ -142,11 +83,11 @@ class CassandraStorage:
 
     async def _prepare(self) -> None:
         # The keyspace is a validated identifier; every value is a bind marker.
-        texts = {name: cql.format(ks=self._config.keyspace) for name, (cql, _) in _CQL.items()}
+        texts = {name: cql.format(ks=self._config.keyspace) for name, (cql, _) in CQL.items()}
         prepared = await asyncio.gather(
-            *(self._session.prepare(texts[name], read=read) for name, (_, read) in _CQL.items())
+            *(self._session.prepare(texts[name], read=read) for name, (_, read) in CQL.items())
         )
-        self._statements = dict(zip(_CQL, prepared, strict=True))
+        self._statements = dict(zip(CQL, prepared, strict=True))
 
     async def close(self) -> None:
         await self._session.close()
@@ -157,7 +98,7 @@ class CassandraStorage:
         if not partials:
             return
         now = self._clock.now_ms()
-        live = [p for p in partials if self._ttl_s(_last_minute(p), now) > 0]
+        live = [p for p in partials if self._ttl_s(p.last_minute_ms, now) > 0]
         encoded = await codec.encode_distributions([p.distribution for p in live], self._codec)
         insert_partial = self._statements["insert_partial"]
         insert_hourly = self._statements["insert_hourly"]
@@ -180,7 +121,7 @@ class CassandraStorage:
                             partial.writer,
                             partial.epoch,
                             item.data,
-                            self._ttl_s(_last_minute(partial), now),
+                            self._ttl_s(partial.last_minute_ms, now),
                         ),
                     )
                 )
@@ -204,7 +145,7 @@ class CassandraStorage:
             key = (series.app, hour, series.metric, labels)
             if key not in self._indexed:
                 # The index row lives as long as the last minute of its hour.
-                new_series[key] = self._ttl_s(hour + HOUR_MS - 60_000, now)
+                new_series[key] = self._ttl_s(Resolution.HOUR.last_minute(hour), now)
         insert_series = self._statements["insert_series"]
         for (app, hour, metric, labels), ttl_s in new_series.items():
             day = hour - hour % DAY_MS
@@ -215,7 +156,8 @@ class CassandraStorage:
         self._indexed.update(new_series)
 
     def _ttl_s(self, minute_ms: int, now_ms: int) -> int:
-        """Seconds until ``minute_ms`` leaves the retention (<= 0: already out)."""
+        """Seconds until ``minute_ms`` leaves the retention (<= 0: already
+        out): a row expires a retention after its bucket's last minute."""
         remaining_ms = minute_ms + self._retention_ms - now_ms
         return min(MAX_TTL_S, -(-remaining_ms // 1000))
 
@@ -230,7 +172,6 @@ class CassandraStorage:
         resolution: Resolution = Resolution.MINUTE,
         series: Collection[SeriesKey] | None = None,
     ) -> Sequence[Partial]:
-        start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
         if series is not None and not series:
             return []
         found: list[tuple[int, str, str, Partial]] = []
@@ -261,7 +202,7 @@ class CassandraStorage:
             async def take(rows: list[Row]) -> None:
                 if wanted is not None and not seek:
                     rows = [row for row in rows if row[1] in wanted]
-                distributions = await _decode([row[4] for row in rows])
+                distributions = await codec.decode_distributions([row[4] for row in rows])
                 for (minute, labels, writer, epoch, _), dist in zip(
                     rows, distributions, strict=True
                 ):
@@ -273,7 +214,7 @@ class CassandraStorage:
 
             await self._scan(table, statement, params, take)
 
-        await _all(read_partition(first) for first in _buckets(start_ms, end_ms, size))
+        await gather_or_cancel(read_partition(first) for first in _buckets(start_ms, end_ms, size))
         # Partitions answer in any order; SQLite's order (its primary key),
         # so sums merged from them agree bit for bit across backends.
         found.sort(key=lambda row: row[:3])
@@ -284,7 +225,6 @@ class CassandraStorage:
     ) -> Sequence[SeriesKey]:
         # The series index lists the app's series per hour: one partition per
         # day of the range, no distribution read. Whole hours: a superset.
-        start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
         if start_ms >= end_ms:
             return []
         first_hour = start_ms - start_ms % HOUR_MS
@@ -303,13 +243,11 @@ class CassandraStorage:
 
             await self._scan(schema.SERIES, statement, params, take)
 
-        await _all(read_day(day) for day in _buckets(start_ms, end_ms, DAY_MS))
+        await gather_or_cancel(read_day(day) for day in _buckets(start_ms, end_ms, DAY_MS))
         return [key for key in found.values() if key is not None]
 
     async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:
-        cutoff = self._clock.now_ms() - self._retention_ms
-        live = [key for key in keys if key.last_minute_ms >= cutoff]
-        if not live:
+        if not keys:
             return {}
         one_minute, one_hour = self._statements["select_one"], self._statements["select_hourly_one"]
         pages = await self._session.execute_many(
@@ -326,10 +264,10 @@ class CassandraStorage:
                     key.writer,
                 ),
             )
-            for key in live
+            for key in keys
         )
-        hits = [(key, rows[0]) for key, rows in zip(live, pages, strict=True) if rows]
-        distributions = await _decode([row[1] for _, row in hits])
+        hits = [(key, rows[0]) for key, rows in zip(keys, pages, strict=True) if rows]
+        distributions = await codec.decode_distributions([row[1] for _, row in hits])
         return {
             key: Partial(key.series, key.minute_ms, key.writer, row[0], dist, key.resolution)
             for (key, row), dist in zip(hits, distributions, strict=True)
@@ -338,7 +276,6 @@ class CassandraStorage:
     async def list_series(
         self, app: str, start_ms: int, end_ms: int, metric: str | None = None
     ) -> Sequence[SeriesKey]:
-        start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
         if start_ms >= end_ms:
             return []
         first_hour = start_ms - start_ms % HOUR_MS
@@ -355,7 +292,7 @@ class CassandraStorage:
 
             await self._scan(schema.SERIES, statement, params, take)
 
-        await _all(read_day(day) for day in _buckets(start_ms, end_ms, DAY_MS))
+        await gather_or_cancel(read_day(day) for day in _buckets(start_ms, end_ms, DAY_MS))
 
         def covered(hour: int) -> bool:
             return start_ms <= hour and hour + HOUR_MS <= end_ms
@@ -371,7 +308,9 @@ class CassandraStorage:
             for hour in hours & edges
         }
         seen: set[tuple[str, str]] = set()
-        await _all(self._labels_in(app, m, hour, start_ms, end_ms, seen) for hour, m in checks)
+        await gather_or_cancel(
+            self._labels_in(app, m, hour, start_ms, end_ms, seen) for hour, m in checks
+        )
         listed |= {key for key in hours_of if key in seen}
         return [
             SeriesKey(app, series_metric, decode_labels(labels))
@@ -425,33 +364,8 @@ class CassandraStorage:
             span.set_attribute("metaas.cassandra.rows", rows)
 
 
-def _last_minute(partial: Partial) -> int:
-    """The partial's last minute: its data expires a retention after it."""
-    return partial.minute_ms + partial.resolution - Resolution.MINUTE
-
-
 def _buckets(start_ms: int, end_ms: int, size_ms: int) -> range:
     """Starts of the buckets of ``size_ms`` that overlap ``[start_ms, end_ms)``."""
     if start_ms >= end_ms:
         return range(0)
     return range(start_ms - start_ms % size_ms, end_ms, size_ms)
-
-
-async def _all(calls: Iterable[Awaitable[None]]) -> None:
-    """Await every call concurrently; on the first error cancel the rest and
-    raise it (a plain error, not an ExceptionGroup, for the callers)."""
-    tasks = [asyncio.ensure_future(call) for call in calls]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-async def _decode(items: list[bytes]) -> list[Distribution]:
-    try:
-        return await codec.decode_distributions(items)
-    except ValueError as error:
-        raise Invalid(f"undecodable stored item: {error}", backend=NAME) from error

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from metaas.server.model import DAY_MS
 from metaas.server.storage.cassandra.config import CassandraConfig
 from metaas.server.storage.cassandra.session import CqlSession
 from metaas.server.storage.errors import Invalid
@@ -39,10 +40,8 @@ HOURLY: Final = "hourly"
 SERIES: Final = "series_by_app"
 VERSIONS: Final = "schema_version"
 _TABLES: Final = (PARTIALS, HOURLY, SERIES, VERSIONS)
-HOUR_MS: Final = 3_600_000
-DAY_MS: Final = 86_400_000
 # Cassandra refuses TTLs above 20 years.
-MAX_TTL_S: Final = 20 * 365 * 86_400
+MAX_TTL_S: Final = 20 * 365 * DAY_MS // 1000
 _DDL_TIMEOUT_S: Final = 60.0
 _TWCS: Final = "org.apache.cassandra.db.compaction.TimeWindowCompactionStrategy"
 # One compaction window per day: about 30 SSTables live for a 30-day retention,
@@ -72,40 +71,33 @@ def ttl_seconds(retention_ms: int) -> int:
     return max(1, min(MAX_TTL_S, -(-retention_ms // 1000)))
 
 
+def _distributions(keyspace: str, table: str, partition: str, bucket: str, options: str) -> str:
+    """A table of one writer's distribution per series and ``bucket``
+    (minute or hour), partitioned by ``partition`` (its hour or day)."""
+    return f"""
+        CREATE TABLE IF NOT EXISTS {keyspace}.{table} (
+            app text,
+            metric text,
+            {partition} bigint,
+            {bucket} bigint,
+            labels text,
+            writer text,
+            epoch bigint,
+            distribution blob,
+            PRIMARY KEY ((app, metric, {partition}), {bucket}, labels, writer)
+        ) {options}
+          AND comment = 'metaas: one writer''s distribution per series and {bucket}'
+    """
+
+
 def _create_statements(keyspace: str, ttl_s: int) -> dict[str, str]:
     options = (
         f"WITH compaction = {_COMPACTION} AND default_time_to_live = {ttl_s} "
         f"AND gc_grace_seconds = {_GC_GRACE_S}"
     )
     return {
-        PARTIALS: f"""
-            CREATE TABLE IF NOT EXISTS {keyspace}.{PARTIALS} (
-                app text,
-                metric text,
-                hour bigint,
-                minute bigint,
-                labels text,
-                writer text,
-                epoch bigint,
-                distribution blob,
-                PRIMARY KEY ((app, metric, hour), minute, labels, writer)
-            ) {options}
-              AND comment = 'metaas: one writer''s distribution per series and minute'
-        """,
-        HOURLY: f"""
-            CREATE TABLE IF NOT EXISTS {keyspace}.{HOURLY} (
-                app text,
-                metric text,
-                day bigint,
-                hour bigint,
-                labels text,
-                writer text,
-                epoch bigint,
-                distribution blob,
-                PRIMARY KEY ((app, metric, day), hour, labels, writer)
-            ) {options}
-              AND comment = 'metaas: one writer''s distribution per series and hour'
-        """,
+        PARTIALS: _distributions(keyspace, PARTIALS, "hour", "minute", options),
+        HOURLY: _distributions(keyspace, HOURLY, "day", "hour", options),
         SERIES: f"""
             CREATE TABLE IF NOT EXISTS {keyspace}.{SERIES} (
                 app text,

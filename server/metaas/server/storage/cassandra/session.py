@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 from cassandra import (
     AuthenticationFailed,
@@ -57,7 +57,7 @@ from cassandra.protocol import RequestValidationException as RequestValidationMe
 from cassandra.query import tuple_factory
 
 from metaas.server.storage.cassandra.config import CassandraConfig
-from metaas.server.storage.errors import Invalid, StorageError, Throttled, Unavailable
+from metaas.server.storage.errors import Invalid, StorageError, Throttled, Translator, Unavailable
 
 try:  # The wheel's compiled libev reactor; the asyncio one works everywhere.
     from cassandra.io.libevreactor import LibevConnection as _Connection
@@ -71,14 +71,6 @@ _READ_PROFILE: Final = "metaas-read"
 _RETRIES: Final = 1
 
 Row = tuple[Any, ...]
-# Everything the driver raises or reports; ``translate`` maps each to a domain error.
-_DRIVER_ERRORS: Final = (
-    DriverException,
-    NoHostAvailable,
-    ErrorMessage,
-    ConnectionException,
-    OSError,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,18 +95,16 @@ class CqlSession:
     async def connect(self) -> None:
         """Connect (on a thread: the driver resolves and connects blocking)."""
         try:
-            await asyncio.to_thread(self._connect_sync)
+            with translated:
+                await asyncio.to_thread(self._connect_sync)
         except BaseException:
             await self.close()
             raise
 
     def _connect_sync(self) -> None:
         config = self._config
-        try:
-            self._cluster = self._cluster_of(config)
-            session = self._cluster.connect()
-        except _DRIVER_ERRORS as error:
-            _reraise(error)
+        self._cluster = self._cluster_of(config)
+        session = self._cluster.connect()
         session.default_fetch_size = config.fetch_size
         self._session = session
 
@@ -147,10 +137,8 @@ class CqlSession:
         upsert of the same values or a read), which is what lets the read
         profile execute reads speculatively."""
         session = self._require()
-        try:
+        with translated:
             statement = await asyncio.to_thread(session.prepare, cql)
-        except _DRIVER_ERRORS as error:
-            _reraise(error)
         statement.is_idempotent = True
         return Prepared(statement, read)
 
@@ -163,7 +151,8 @@ class CqlSession:
     ) -> list[Row]:
         """Run one statement and return its first page (all of a small result)."""
         async with self._slots:
-            return await _PageStream(self._start(statement, params, timeout_s)).next_page()
+            with translated:
+                return await _PageStream(self._start(statement, params, timeout_s)).next_page()
 
     async def for_each_page(
         self,
@@ -174,11 +163,13 @@ class CqlSession:
         """Run a paged query, awaiting ``handle`` on each page in order while
         the next page is already being fetched; returns the number of pages."""
         async with self._slots:
-            response = self._start(statement, params, None)
+            with translated:
+                response = self._start(statement, params, None)
             stream = _PageStream(response)
             pages = 0
             while True:
-                rows = await stream.next_page()
+                with translated:
+                    rows = await stream.next_page()
                 pages += 1
                 more = bool(response.has_more_pages)
                 if more:
@@ -195,21 +186,22 @@ class CqlSession:
         returns each one's first page in request order, or raises the first
         error once all have finished."""
         pending: list[asyncio.Future[list[Row]]] = []
-        for statement, params in requests:
-            await self._slots.acquire()
-            try:
-                future = _PageStream(self._start(statement, params, None)).future
-            except BaseException:
-                self._slots.release()
-                raise
-            future.add_done_callback(self._release)
-            pending.append(future)
-        pages: list[list[Row]] = []
-        for result in await asyncio.gather(*pending, return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result
-            pages.append(result)
-        return pages
+        with translated:
+            for statement, params in requests:
+                await self._slots.acquire()
+                try:
+                    future = _PageStream(self._start(statement, params, None)).future
+                except BaseException:
+                    self._slots.release()
+                    raise
+                future.add_done_callback(self._release)
+                pending.append(future)
+            pages: list[list[Row]] = []
+            for result in await asyncio.gather(*pending, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    raise result
+                pages.append(result)
+            return pages
 
     def _release(self, future: asyncio.Future[list[Row]]) -> None:
         self._slots.release()
@@ -229,10 +221,7 @@ class CqlSession:
         kwargs: dict[str, object] = {"execution_profile": profile}
         if timeout_s is not None:
             kwargs["timeout"] = timeout_s
-        try:
-            return session.execute_async(query, list(params) or None, **kwargs)
-        except _DRIVER_ERRORS as error:
-            _reraise(error)
+        return session.execute_async(query, list(params) or None, **kwargs)
 
     def _require(self) -> Any:
         if self._session is None:
@@ -273,7 +262,7 @@ class _PageStream:
         if future.done():  # cancelled by the awaiting task
             return
         if error is not None:
-            future.set_exception(translate(error))
+            future.set_exception(error)  # translated where it is awaited
         else:
             future.set_result(rows if rows is not None else [])
 
@@ -334,28 +323,18 @@ def _level(name: str) -> Any:
     return getattr(ConsistencyLevel, name)
 
 
-def _reraise(error: Exception) -> NoReturn:
-    translated = translate(error)
-    if translated is error:
-        raise error
-    raise translated from error
-
-
-def translate(error: BaseException) -> BaseException:
-    """The domain error for a driver error; anything else (cancellation,
-    programming errors) is returned unchanged."""
-    if isinstance(error, StorageError):
-        return error
+def _classify(error: Exception) -> StorageError | None:
+    """The domain error for a driver error; None for anything else."""
     message = f"{type(error).__name__}: {error}"
     if isinstance(error, OverloadedErrorMessage):
-        return Throttled(message, backend=NAME)
+        return Throttled(message)
     if isinstance(error, NoHostAvailable):
         causes = list(getattr(error, "errors", {}).values())
         if causes and all(isinstance(c, OverloadedErrorMessage) for c in causes):
-            return Throttled(message, backend=NAME)
-        return Unavailable(message, backend=NAME)
+            return Throttled(message)
+        return Unavailable(message)
     if isinstance(error, (AuthenticationFailed, Unauthorized)):
-        return Invalid(message, backend=NAME)
+        return Invalid(message)
     if isinstance(
         error,
         (
@@ -371,15 +350,19 @@ def translate(error: BaseException) -> BaseException:
             OSError,
         ),
     ):
-        return Unavailable(message, backend=NAME)
+        return Unavailable(message)
     if isinstance(
         error,
         (InvalidRequest, RequestValidationException, RequestValidationMessage, ProtocolException),
     ):
-        return Invalid(message, backend=NAME)
+        return Invalid(message)
     if isinstance(error, (ErrorMessage, DriverException)):
-        return Unavailable(message, backend=NAME)
-    return error
+        return Unavailable(message)
+    return None
 
 
-__all__ = ["NAME", "CqlSession", "Prepared", "Row", "translate"]
+# Every driver call of the session is made inside it: ``with translated:``.
+translated: Final = Translator(NAME, _classify)
+
+
+__all__ = ["NAME", "CqlSession", "Prepared", "Row", "translated"]

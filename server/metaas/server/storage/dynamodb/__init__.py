@@ -9,7 +9,7 @@ from __future__ import annotations
 from metaas.server.storage.context import StorageContext
 from metaas.server.storage.dynamodb import schema
 from metaas.server.storage.dynamodb.backend import DynamoStorage
-from metaas.server.storage.dynamodb.calls import translate
+from metaas.server.storage.dynamodb.calls import translated
 from metaas.server.storage.dynamodb.config import DynamoConfig
 
 __all__ = ["DynamoConfig", "DynamoStorage", "apply_schema", "open_backend"]
@@ -27,7 +27,7 @@ async def apply_schema(url: str, context: StorageContext) -> str:
     storage = DynamoStorage(DynamoConfig.from_url(url), context)
     client = await storage.open(check_table=False)
     try:
-        async with translate():
+        with translated:
             return await schema.apply(client, storage.config.table)
     finally:
         await storage.close()

@@ -18,6 +18,8 @@ from botocore.exceptions import NoRegionError
 
 from metaas.server.config import ConfigError
 from metaas.server.model import (
+    DAY_MS,
+    MINUTE_MS,
     Labels,
     Partial,
     PartialKey,
@@ -27,9 +29,10 @@ from metaas.server.model import (
     matches,
 )
 from metaas.server.storage import codec
+from metaas.server.storage.concurrency import gather_or_cancel
 from metaas.server.storage.context import StorageContext
 from metaas.server.storage.dynamodb import convert, items, schema
-from metaas.server.storage.dynamodb.calls import NAME, Calls, Key, key_of, translate
+from metaas.server.storage.dynamodb.calls import NAME, Calls, Key, key_of, translated
 from metaas.server.storage.dynamodb.config import DynamoConfig
 from metaas.server.storage.dynamodb.locks import KeyedLocks
 from metaas.server.storage.errors import Invalid, StorageError, Unavailable
@@ -61,7 +64,6 @@ class DynamoStorage:
     def __init__(self, config: DynamoConfig, context: StorageContext) -> None:
         self._config = config
         self._retention_ms = context.retention_ms
-        self._clock = context.clock
         self._codec = context.codec
         self._meter = context.telemetry.meter
         self._stack = contextlib.AsyncExitStack()
@@ -110,7 +112,7 @@ class DynamoStorage:
                     "dynamodb region", None, "?region= in the storage URL, or AWS_REGION"
                 ) from None
             if check_table:
-                async with translate():
+                with translated:
                     keys = await schema.describe_keys(client, config.table)
                 if keys is None:
                     raise ConfigError(
@@ -147,8 +149,7 @@ class DynamoStorage:
                 partial.epoch,
                 codec.distribution_bytes(partial.distribution, self._codec),
             )
-            last_minute = minute + partial.resolution - schema.MINUTE_MS
-            expiry[block] = schema.expires_at_s(last_minute, self._retention_ms)
+            expiry[block] = schema.expires_at_s(partial.last_minute_ms, self._retention_ms)
             if partial.resolution is Resolution.HOUR:
                 continue  # the catalog lists series by minute
             catalog = (
@@ -156,9 +157,9 @@ class DynamoStorage:
                 schema.catalog_sk(hour, series.metric, partial.writer),
             )
             masks = catalogs.setdefault(catalog, {})
-            bit = 1 << ((minute - hour) // schema.MINUTE_MS)
+            bit = 1 << ((minute - hour) // MINUTE_MS)
             masks[series.labels_key] = masks.get(series.labels_key, 0) | bit
-            last_minute = hour + schema.HOUR_MS - schema.MINUTE_MS
+            last_minute = Resolution.HOUR.last_minute(hour)
             expiry[catalog] = schema.expires_at_s(last_minute, self._retention_ms)
         async with self._locks.hold([*blocks, *catalogs]):
             # Consistent reads: the merge must start from this process's last write.
@@ -250,14 +251,13 @@ class DynamoStorage:
         resolution: Resolution = Resolution.MINUTE,
         series: Collection[SeriesKey] | None = None,
     ) -> Sequence[Partial]:
-        start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
         if start_ms >= end_ms or schema.SEP in app or (series is not None and not series):
             return []
         calls = self._require()
         low, high = schema.sort_range(start_ms, end_ms - 1)
         partition = schema.hourly_pk if resolution is Resolution.HOUR else schema.block_pk
-        pages = await calls.gather(
-            [calls.query(partition(app, metric, day), low, high) for day in _days(start_ms, end_ms)]
+        pages = await gather_or_cancel(
+            calls.query(partition(app, metric, day), low, high) for day in _days(start_ms, end_ms)
         )
         heads = {key_of(item): item for page in pages for item in page}
         stored = await self._load(heads)
@@ -268,10 +268,9 @@ class DynamoStorage:
         return await _cpu(size, convert.partials_of, app, metric, stored, resolution, labels)
 
     async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:
-        cutoff = self._clock.now_ms() - self._retention_ms
         wanted: dict[Key, list[PartialKey]] = {}
         for key in keys:
-            if key.last_minute_ms < cutoff or not _addressable(key.series.app, key.writer):
+            if not _addressable(key.series.app, key.writer):
                 continue
             block = _block_key(
                 key.series.app, key.series.metric, key.minute_ms, key.writer, key.resolution
@@ -288,14 +287,13 @@ class DynamoStorage:
     async def list_series(
         self, app: str, start_ms: int, end_ms: int, metric: str | None = None
     ) -> Sequence[SeriesKey]:
-        start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
         if start_ms >= end_ms or schema.SEP in app:
             return []
         calls = self._require()
         last_ms = end_ms - 1
         low, high = schema.sort_range(schema.hour_of(start_ms), schema.hour_of(last_ms))
-        pages = await calls.gather(
-            [calls.query(schema.catalog_pk(app, day), low, high) for day in _days(start_ms, end_ms)]
+        pages = await gather_or_cancel(
+            calls.query(schema.catalog_pk(app, day), low, high) for day in _days(start_ms, end_ms)
         )
         heads = {
             key_of(item): item
@@ -361,7 +359,7 @@ def _addressable(app: str, writer: str) -> bool:
 
 
 def _days(start_ms: int, end_ms: int) -> Iterable[int]:
-    return range(schema.day_of(start_ms), schema.day_of(end_ms - 1) + 1, schema.DAY_MS)
+    return range(schema.day_of(start_ms), schema.day_of(end_ms - 1) + 1, DAY_MS)
 
 
 async def _cpu(size: int, function: Callable[..., _T], *args: object) -> _T:

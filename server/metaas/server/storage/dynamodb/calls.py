@@ -6,18 +6,18 @@ partials; backend.py does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import TYPE_CHECKING, Final, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 from botocore import exceptions as boto
 from opentelemetry.metrics import Meter
 
 from metaas.server.retry import backoff
+from metaas.server.storage.concurrency import gather_or_cancel
 from metaas.server.storage.dynamodb import schema
 from metaas.server.storage.dynamodb.config import DynamoConfig
-from metaas.server.storage.errors import Invalid, StorageError, Throttled, Unavailable
+from metaas.server.storage.errors import Invalid, StorageError, Throttled, Translator, Unavailable
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -57,7 +57,6 @@ _INVALID_LOCAL: Final = (
     boto.PartialCredentialsError,
     boto.NoRegionError,
 )
-_T = TypeVar("_T")
 
 Key = tuple[str, str]
 
@@ -101,7 +100,7 @@ class Calls:
             batch_bytes += size
         if batch:
             batches.append(batch)
-        await self.gather([self._write_batch(b) for b in batches])
+        await gather_or_cancel(self._write_batch(b) for b in batches)
 
     async def _write_batch(self, batch: list[WriteRequestTypeDef]) -> None:
         pending = batch
@@ -110,10 +109,11 @@ class Calls:
             if attempt:
                 self._unprocessed.add(len(pending), {"db.operation": "BatchWriteItem"})
                 await asyncio.sleep(next(delays))
-            async with self._parallel, translate():
-                reply = await self._client.batch_write_item(
-                    RequestItems={self._table: pending}, ReturnConsumedCapacity="TOTAL"
-                )
+            async with self._parallel:
+                with translated:
+                    reply = await self._client.batch_write_item(
+                        RequestItems={self._table: pending}, ReturnConsumedCapacity="TOTAL"
+                    )
             self._count("BatchWriteItem", reply.get("ConsumedCapacity", []))
             left = reply.get("UnprocessedItems", {}).get(self._table, [])
             if not left:
@@ -130,7 +130,7 @@ class Calls:
         unique = list(dict.fromkeys(keys))
         found: dict[Key, Item] = {}
         groups = [unique[i : i + MAX_GET_KEYS] for i in range(0, len(unique), MAX_GET_KEYS)]
-        for items in await self.gather([self._get_batch(g, consistent) for g in groups]):
+        for items in await gather_or_cancel(self._get_batch(g, consistent) for g in groups):
             found.update((key_of(item), item) for item in items)
         return found
 
@@ -144,11 +144,12 @@ class Calls:
             if attempt:
                 self._unprocessed.add(len(pending), {"db.operation": "BatchGetItem"})
                 await asyncio.sleep(next(delays))
-            async with self._parallel, translate():
-                reply = await self._client.batch_get_item(
-                    RequestItems={self._table: {"Keys": pending, "ConsistentRead": consistent}},
-                    ReturnConsumedCapacity="TOTAL",
-                )
+            async with self._parallel:
+                with translated:
+                    reply = await self._client.batch_get_item(
+                        RequestItems={self._table: {"Keys": pending, "ConsistentRead": consistent}},
+                        ReturnConsumedCapacity="TOTAL",
+                    )
             self._count("BatchGetItem", reply.get("ConsumedCapacity", []))
             items.extend(reply.get("Responses", {}).get(self._table, []))
             left = reply.get("UnprocessedKeys", {}).get(self._table)
@@ -177,8 +178,9 @@ class Calls:
         }
         items: list[Item] = []
         while True:
-            async with self._parallel, translate():
-                reply = await self._client.query(**request)
+            async with self._parallel:
+                with translated:
+                    reply = await self._client.query(**request)
             consumed = reply.get("ConsumedCapacity")
             self._count("Query", [consumed] if consumed else [])
             items.extend(reply.get("Items", []))
@@ -187,40 +189,20 @@ class Calls:
                 return items
             request["ExclusiveStartKey"] = last
 
-    async def gather(self, calls: Sequence[Awaitable[_T]]) -> list[_T]:
-        """Run ``calls`` concurrently (the semaphore bounds the requests in
-        flight); the first failure cancels the others and is raised."""
-        tasks = [asyncio.ensure_future(call) for call in calls]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-
     def _count(self, operation: str, consumed: Sequence[ConsumedCapacityTypeDef]) -> None:
         units = sum(c.get("CapacityUnits", 0.0) for c in consumed)
         if units:
             self._capacity.add(units, {"db.operation": operation})
 
 
-@contextlib.asynccontextmanager
-async def translate() -> AsyncIterator[None]:
-    """Turn driver errors into storage errors. Cancellation passes through
-    untouched: it belongs to the caller, not to the backend."""
-    try:
-        yield
-    except asyncio.CancelledError:
-        raise
-    except StorageError:
-        raise
-    except boto.ClientError as error:
-        raise translate_client_error(error) from error
-    except _INVALID_LOCAL as error:
-        raise Invalid(str(error), backend=NAME) from error
-    except (boto.BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as error:
-        raise Unavailable(f"{type(error).__name__}: {error}", backend=NAME) from error
+def _classify(error: Exception) -> StorageError | None:
+    if isinstance(error, boto.ClientError):
+        return translate_client_error(error)
+    if isinstance(error, _INVALID_LOCAL):
+        return Invalid(str(error))
+    if isinstance(error, (boto.BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)):
+        return Unavailable(f"{type(error).__name__}: {error}")
+    return None
 
 
 def translate_client_error(error: boto.ClientError) -> StorageError:
@@ -233,3 +215,7 @@ def translate_client_error(error: boto.ClientError) -> StorageError:
     if code in _UNAVAILABLE or status >= 500:
         return Unavailable(message, backend=NAME)
     return Invalid(message, backend=NAME)
+
+
+# Every request to DynamoDB is made inside it: ``with translated:``.
+translated: Final = Translator(NAME, _classify)

@@ -3,33 +3,26 @@ backend runs on a thread when the payloads are large."""
 
 from __future__ import annotations
 
-import struct
-import zlib
 from collections.abc import Collection, Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-import zstandard
-
-from metaas.server.model import Partial, PartialKey, Resolution, SeriesKey, decode_labels
-from metaas.server.sketch import Distribution
+from metaas.server.model import (
+    MINUTE_MS,
+    Partial,
+    PartialKey,
+    Resolution,
+    SeriesKey,
+    decode_labels,
+)
 from metaas.server.storage import codec
 from metaas.server.storage.dynamodb import items, schema
-from metaas.server.storage.dynamodb.calls import NAME, Key
-from metaas.server.storage.errors import Invalid
+from metaas.server.storage.dynamodb.calls import Key
 
 if TYPE_CHECKING:
     from metaas.server.storage.dynamodb.items import Item
 
-# What a damaged or foreign item can raise while being decoded.
-UNDECODABLE: Final = (ValueError, struct.error, OSError, EOFError, zlib.error, zstandard.ZstdError)
+# Whatever cannot be decoded raises the codec's Corrupt.
 Stored = Mapping[Key, tuple["Item", bytes]]
-
-
-def decode(data: bytes) -> bytes:
-    try:
-        return codec.decode(data)
-    except UNDECODABLE as error:
-        raise Invalid(f"undecodable stored item: {error}", backend=NAME) from error
 
 
 def partials_of(
@@ -54,10 +47,7 @@ def partials_of(
                 series = series_of[labels] = SeriesKey(app, metric, decode_labels(labels))
             found.append((series, minute, writer, epoch))
             encoded.append((distribution, 0))
-    try:
-        distributions = Distribution.many_from_bytes(encoded)
-    except UNDECODABLE as error:
-        raise Invalid(f"undecodable distribution: {error}", backend=NAME) from error
+    distributions = codec.distributions_of(encoded)
     partials = [
         Partial(series, minute, writer, epoch, distribution, resolution)
         for (series, minute, writer, epoch), distribution in zip(found, distributions, strict=True)
@@ -82,7 +72,7 @@ def pick(wanted: Mapping[Key, list[PartialKey]], stored: Stored) -> dict[Partial
                     key.minute_ms,
                     key.writer,
                     epoch,
-                    distribution_of(distribution),
+                    codec.distribution_of(distribution),
                     key.resolution,
                 )
     return found
@@ -93,8 +83,8 @@ def series_in(stored: Stored, first_ms: int, last_ms: int) -> set[tuple[str, str
     found: set[tuple[str, str]] = set()
     for (_, sk), (_, data) in stored.items():
         hour, metric, _writer = schema.parse_catalog_sk(sk)
-        low = max(0, -(-(first_ms - hour) // schema.MINUTE_MS))
-        high = min(59, (last_ms - hour) // schema.MINUTE_MS)
+        low = max(0, -(-(first_ms - hour) // MINUTE_MS))
+        high = min(59, (last_ms - hour) // MINUTE_MS)
         if low > high:
             continue
         window = ((1 << (high + 1)) - 1) ^ ((1 << low) - 1)
@@ -104,21 +94,10 @@ def series_in(stored: Stored, first_ms: int, last_ms: int) -> set[tuple[str, str
 
 
 def block_entries(data: bytes) -> items.BlockEntries:
-    try:
-        return items.decode_block(decode(data))
-    except UNDECODABLE as error:
-        raise Invalid(f"undecodable block item: {error}", backend=NAME) from error
+    with codec.decoding("block item"):
+        return items.decode_block(codec.decode(data))
 
 
 def catalog_entries(data: bytes) -> items.CatalogEntries:
-    try:
-        return items.decode_catalog(decode(data))
-    except UNDECODABLE as error:
-        raise Invalid(f"undecodable catalog item: {error}", backend=NAME) from error
-
-
-def distribution_of(data: bytes) -> Distribution:
-    try:
-        return Distribution.from_bytes(data)
-    except UNDECODABLE as error:
-        raise Invalid(f"undecodable distribution: {error}", backend=NAME) from error
+    with codec.decoding("catalog item"):
+        return items.decode_catalog(codec.decode(data))

@@ -109,10 +109,6 @@ class Layout:
     encoded: codec.Encoded
 
     @property
-    def stored_bytes(self) -> int:
-        return schema.item_size(self.head) + sum(schema.item_size(c) for c in self.chunks)
-
-    @property
     def write_units(self) -> int:
         return schema.capacity_units(schema.item_size(self.head)) + sum(
             schema.capacity_units(schema.item_size(c)) for c in self.chunks

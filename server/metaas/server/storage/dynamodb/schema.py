@@ -28,6 +28,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from metaas.server.config import ConfigError
+from metaas.server.model import DAY_MS, HOUR_MS
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -43,9 +44,6 @@ CHUNKS: Final = "cn"
 HASH: Final = "ch"
 SIZE: Final = "cz"
 
-MINUTE_MS: Final = 60_000
-HOUR_MS: Final = 3_600_000
-DAY_MS: Final = 86_400_000
 # DynamoDB's item limit is 400 KB (409,600 bytes, attribute names included);
 # the budget stays a little below it, as some emulators cut off at 405,000.
 MAX_ITEM_BYTES: Final = 400_000

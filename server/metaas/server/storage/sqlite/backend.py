@@ -6,7 +6,6 @@ Small reads use a third connection on the event loop's thread (see
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from metaas.server.model import (
+    MINUTE_MS,
     Labels,
     Partial,
     PartialKey,
@@ -24,14 +24,15 @@ from metaas.server.model import (
 from metaas.server.sketch import Distribution
 from metaas.server.storage import codec
 from metaas.server.storage.context import StorageContext
-from metaas.server.storage.errors import Invalid, StorageError, Unavailable
+from metaas.server.storage.errors import Invalid, StorageError, Translator, Unavailable
 from metaas.server.storage.sqlite import schema
 from metaas.server.storage.sqlite.config import SqliteConfig
+from metaas.server.storage.sqlite.schema import Select
 
 _T = TypeVar("_T")
 _NAME: Final = "sqlite"
 # Expired rows are deleted at most this often (reads filter them regardless).
-_PURGE_EVERY_MS: Final = 60_000
+_PURGE_EVERY_MS: Final = MINUTE_MS
 # Reads of at most this many rows (a few hundred microseconds of SQLite work)
 # run on the event loop itself: the hop to the reader thread and back costs
 # more than they do. A read that finds more is done again on the thread.
@@ -149,22 +150,18 @@ class SqliteStorage:
         connection = _require(self._writer)
         with connection:
             for table, table_rows in rows.items():
-                connection.executemany(
-                    f"INSERT OR REPLACE INTO {table} "  # noqa: S608 - table names are constants
-                    "(app, metric, minute, labels, writer, epoch, distribution) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    table_rows,
-                )
+                connection.executemany(schema.INSERT_PARTIAL.format(table=table), table_rows)
             connection.executemany(schema.INDEX_LABEL, postings)
             if purge_before is not None:
+                # A bucket leaves when its last minute does: the first bucket
+                # kept starts that much before the purge's cutoff.
                 for resolution, table in schema.TABLES.items():
-                    # A bucket leaves when its last minute does.
-                    last_minute = resolution - Resolution.MINUTE
                     statement = f"DELETE FROM {table} WHERE minute < ?"  # noqa: S608 - constant names
-                    connection.execute(statement, (purge_before - last_minute,))
+                    kept = purge_before - resolution.last_minute(0)
+                    connection.execute(statement, (kept,))
                 connection.execute(
                     f"DELETE FROM {schema.LABEL_INDEX} WHERE last_hour < ?",  # noqa: S608
-                    (purge_before - (Resolution.HOUR - Resolution.MINUTE),),
+                    (purge_before - Resolution.HOUR.last_minute(0),),
                 )
 
     async def read_partials(
@@ -176,10 +173,9 @@ class SqliteStorage:
         resolution: Resolution = Resolution.MINUTE,
         series: Collection[SeriesKey] | None = None,
     ) -> Sequence[Partial]:
-        start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
         if resolution.ceil(start_ms) >= end_ms or (series is not None and not series):
             return []  # no bucket starts in the range, or no series is asked for
-        select = _select(app, metric, start_ms, end_ms, resolution, series)
+        select = schema.select(app, metric, start_ms, end_ms, resolution, series)
         where = (app, metric, resolution, series is None)
         rows = None if where in self._large else self._select_inline(select)
         if rows is None:
@@ -188,12 +184,12 @@ class SqliteStorage:
             return await self._run(
                 self._reader_thread, self._read_range, select, where, app, metric, resolution
             )
-        distributions = await _decode([row[4] for row in rows])
+        distributions = await codec.decode_distributions([row[4] for row in rows])
         return self._partials(app, metric, resolution, rows, distributions)
 
     def _read_range(
         self,
-        select: _Select,
+        select: Select,
         where: tuple[str, str, Resolution, bool],
         app: str,
         metric: str,
@@ -206,10 +202,7 @@ class SqliteStorage:
             self._large.add(where)
         else:
             self._large.discard(where)
-        try:
-            distributions = codec.decode_many([row[4] for row in rows])
-        except ValueError as error:
-            raise Invalid(f"undecodable stored item: {error}", backend=_NAME) from error
+        distributions = codec.decode_many([row[4] for row in rows])
         return self._partials(app, metric, resolution, rows, distributions)
 
     def _partials(
@@ -236,7 +229,7 @@ class SqliteStorage:
             series = self._series_of[key] = SeriesKey(app, metric, decode_labels(labels))
         return series
 
-    def _select_inline(self, select: _Select) -> list[tuple[int, str, str, int, bytes]] | None:
+    def _select_inline(self, select: Select) -> list[tuple[int, str, str, int, bytes]] | None:
         """The rows, read on the event loop; None when there are more than
         ``_INLINE_ROWS`` of them or the file is busy (read on the thread)."""
         if self._inline is None:
@@ -251,26 +244,15 @@ class SqliteStorage:
     async def find_series(
         self, app: str, metric: str, start_ms: int, end_ms: int, matchers: Labels
     ) -> Sequence[SeriesKey]:
-        start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
         if start_ms >= end_ms or not matchers:
             return []
-        # One range of the label index per matcher, intersected: the rows
-        # read are the series holding each matcher, whatever else is stored.
-        one = (
-            f"SELECT labels FROM {schema.LABEL_INDEX} "  # noqa: S608 - constant names
-            "WHERE app = ? AND metric = ? AND name = ? AND value = ? AND last_hour >= ?"
-        )
-        sql = " INTERSECT ".join([one] * len(matchers))
-        first_hour = Resolution.HOUR.floor(start_ms)
-        params: list[object] = [
-            p for name, value in matchers for p in (app, metric, name, value, first_hour)
-        ]
+        sql, params = schema.select_matching(app, metric, start_ms, matchers)
         rows = self._select_index_inline(sql, params)
         if rows is None:
             rows = await self._run(self._reader_thread, self._select_index, sql, params)
         return [self._series(app, metric, labels) for (labels,) in rows]
 
-    def _select_index_inline(self, sql: str, params: list[object]) -> list[tuple[str]] | None:
+    def _select_index_inline(self, sql: str, params: tuple[object, ...]) -> list[tuple[str]] | None:
         if self._inline is None:
             return None
         try:
@@ -278,21 +260,17 @@ class SqliteStorage:
         except sqlite3.Error:
             return None  # the thread's read reports it, mapped to a storage error
 
-    def _select_index(self, sql: str, params: list[object]) -> list[tuple[str]]:
+    def _select_index(self, sql: str, params: tuple[object, ...]) -> list[tuple[str]]:
         return _require(self._reader).execute(sql, params).fetchall()
 
     async def get_partials(self, keys: Sequence[PartialKey]) -> Mapping[PartialKey, Partial]:
         if not keys:
             return {}
-        cutoff = self._clock.now_ms() - self._retention_ms
         found = await self._run(self._reader_thread, self._select_keys, keys)
-        live = [
-            (k, epoch, blob) for k, (epoch, blob) in found.items() if k.last_minute_ms >= cutoff
-        ]
-        distributions = await _decode([blob for _, _, blob in live])
+        distributions = await codec.decode_distributions([blob for _, blob in found.values()])
         return {
             key: Partial(key.series, key.minute_ms, key.writer, epoch, dist, key.resolution)
-            for (key, epoch, _), dist in zip(live, distributions, strict=True)
+            for (key, (epoch, _)), dist in zip(found.items(), distributions, strict=True)
         }
 
     def _select_keys(self, keys: Sequence[PartialKey]) -> dict[PartialKey, tuple[int, bytes]]:
@@ -317,7 +295,6 @@ class SqliteStorage:
     async def list_series(
         self, app: str, start_ms: int, end_ms: int, metric: str | None = None
     ) -> Sequence[SeriesKey]:
-        start_ms = max(start_ms, self._clock.now_ms() - self._retention_ms)
         rows = await self._run(
             self._reader_thread, self._select_series, app, start_ms, end_ms, metric
         )
@@ -339,64 +316,25 @@ class SqliteStorage:
     async def _run(
         self, executor: ThreadPoolExecutor, function: Callable[..., _T], *args: object
     ) -> _T:
-        try:
+        with translated:
             return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
-        except sqlite3.OperationalError as error:
-            # Locked, busy, disk I/O or full: the file may work again later.
-            raise Unavailable(str(error), backend=_NAME) from error
-        except sqlite3.DatabaseError as error:
-            raise Invalid(str(error), backend=_NAME) from error
-        except OSError as error:
-            raise Unavailable(str(error), backend=_NAME) from error
-        except RuntimeError as error:
-            raise StorageError(str(error), backend=_NAME) from error
 
 
-async def _decode(items: list[bytes]) -> list[Distribution]:
-    try:
-        return await codec.decode_distributions(items)
-    except ValueError as error:
-        raise Invalid(f"undecodable stored item: {error}", backend=_NAME) from error
+def _classify(error: Exception) -> StorageError | None:
+    if isinstance(error, sqlite3.OperationalError):
+        # Locked, busy, disk I/O or full: the file may work again later.
+        return Unavailable(str(error))
+    if isinstance(error, sqlite3.DatabaseError):
+        return Invalid(str(error))
+    if isinstance(error, OSError):
+        return Unavailable(str(error))
+    if isinstance(error, RuntimeError):  # a closed executor, a newer schema
+        return StorageError(str(error))
+    return None
 
 
-_Select = tuple[str, tuple[object, ...]]
-
-_SELECT_RANGE: Final = (
-    "SELECT minute, labels, writer, epoch, distribution FROM {table} "
-    "WHERE app = ? AND metric = ? AND minute >= ? AND minute < ?"
-)
-# The rows of some series: one seek per series and bucket, on the primary
-# key (app, metric, minute, labels), instead of a scan of every series' rows.
-# The buckets come from a recursive query, the series as a JSON array.
-_SELECT_SERIES: Final = (
-    "SELECT minute, labels, writer, epoch, distribution FROM {table} "
-    "WHERE app = ? AND metric = ? AND minute IN ("
-    "WITH RECURSIVE bucket(start) AS "
-    "(SELECT ? UNION ALL SELECT start + ? FROM bucket WHERE start + ? < ?) "
-    "SELECT start FROM bucket) "
-    "AND labels IN (SELECT value FROM json_each(?))"
-)
-
-
-def _select(
-    app: str,
-    metric: str,
-    start_ms: int,
-    end_ms: int,
-    resolution: Resolution,
-    series: Collection[SeriesKey] | None,
-) -> _Select:
-    """The statement reading ``[start_ms, end_ms)`` of ``series`` (None: all)."""
-    table = schema.TABLES[resolution]
-    if series is None:
-        return _SELECT_RANGE.format(table=table), (app, metric, start_ms, end_ms)
-    first = resolution.ceil(start_ms)
-    labels = json.dumps([s.labels_key for s in series])
-    step = int(resolution)
-    return (
-        _SELECT_SERIES.format(table=table),
-        (app, metric, first, step, step, end_ms, labels),
-    )
+# Every call to the file goes through ``_run`` and this translation.
+translated: Final = Translator(_NAME, _classify)
 
 
 def _require(connection: sqlite3.Connection | None) -> sqlite3.Connection:

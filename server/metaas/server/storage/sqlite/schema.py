@@ -1,13 +1,15 @@
-"""The SQLite schema, owned by the code and applied on open."""
+"""The SQLite schema, owned by the code and applied on open, and the
+statements that read and write it."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Final
 
 from metaas.server.config import CodecConfig, ViewsConfig
-from metaas.server.model import Partial, Resolution, SeriesKey, decode_labels
+from metaas.server.model import Labels, Partial, Resolution, SeriesKey, decode_labels
 from metaas.server.storage import codec
 from metaas.server.storage.rollups import rollups_of
 from metaas.server.storage.views import views_from_series
@@ -59,6 +61,14 @@ INDEX_LABEL: Final = (
     f"INSERT INTO {LABEL_INDEX} (app, metric, name, value, labels, last_hour) "  # noqa: S608
     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
     "SET last_hour = max(last_hour, excluded.last_hour)"
+)
+
+# Upserts one partial into a table of TABLES (``{table}``): (app, metric,
+# minute, labels, writer, epoch, distribution).
+INSERT_PARTIAL: Final = (
+    "INSERT OR REPLACE INTO {table} "
+    "(app, metric, minute, labels, writer, epoch, distribution) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 
 _STATEMENTS: Final = (
@@ -153,9 +163,7 @@ def _derive(
         ]
         for partial in derive(minutes):
             connection.execute(
-                f"INSERT OR REPLACE INTO {TABLES[partial.resolution]} "  # noqa: S608 - constant names
-                "(app, metric, minute, labels, writer, epoch, distribution) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                INSERT_PARTIAL.format(table=TABLES[partial.resolution]),
                 (
                     partial.series.app,
                     partial.series.metric,
@@ -166,3 +174,58 @@ def _derive(
                     codec.encode_distribution(partial.distribution, codec_config).data,
                 ),
             )
+
+
+# A statement and its parameters.
+Select = tuple[str, tuple[object, ...]]
+
+_SELECT_RANGE: Final = (
+    "SELECT minute, labels, writer, epoch, distribution FROM {table} "
+    "WHERE app = ? AND metric = ? AND minute >= ? AND minute < ?"
+)
+# The rows of some series: one seek per series and bucket, on the primary
+# key (app, metric, minute, labels), instead of a scan of every series' rows.
+# The buckets come from a recursive query, the series as a JSON array.
+_SELECT_SERIES: Final = (
+    "SELECT minute, labels, writer, epoch, distribution FROM {table} "
+    "WHERE app = ? AND metric = ? AND minute IN ("
+    "WITH RECURSIVE bucket(start) AS "
+    "(SELECT ? UNION ALL SELECT start + ? FROM bucket WHERE start + ? < ?) "
+    "SELECT start FROM bucket) "
+    "AND labels IN (SELECT value FROM json_each(?))"
+)
+
+
+def select(
+    app: str,
+    metric: str,
+    start_ms: int,
+    end_ms: int,
+    resolution: Resolution,
+    series: Collection[SeriesKey] | None,
+) -> Select:
+    """The statement reading ``[start_ms, end_ms)`` of ``series`` (None: all)."""
+    table = TABLES[resolution]
+    if series is None:
+        return _SELECT_RANGE.format(table=table), (app, metric, start_ms, end_ms)
+    first = resolution.ceil(start_ms)
+    labels = json.dumps([s.labels_key for s in series])
+    step = int(resolution)
+    return (
+        _SELECT_SERIES.format(table=table),
+        (app, metric, first, step, step, end_ms, labels),
+    )
+
+
+def select_matching(app: str, metric: str, start_ms: int, matchers: Labels) -> Select:
+    """The statement listing the labels of the metric's series that hold
+    every matcher and have data in an hour from ``start_ms``'s on: one range
+    of the label index per matcher, intersected, so the rows read are the
+    series holding each matcher, whatever else is stored."""
+    one = (
+        f"SELECT labels FROM {LABEL_INDEX} "  # noqa: S608 - constant names
+        "WHERE app = ? AND metric = ? AND name = ? AND value = ? AND last_hour >= ?"
+    )
+    first_hour = Resolution.HOUR.floor(start_ms)
+    params = tuple(p for name, value in matchers for p in (app, metric, name, value, first_hour))
+    return " INTERSECT ".join([one] * len(matchers)), params
