@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from metaas.server.api.intake import write_batch
 from metaas.server.api.validation import validate_write
 from metaas.server.config import IngestConfig, LimitsConfig, ViewsConfig
 from metaas.server.ingest.pipeline import IngestPipeline
@@ -104,7 +105,7 @@ async def _write(
     batches, accepted = validate_write(
         request, now_ms=clock.now_ms(), retention_ms=RETENTION_MS, limits=LimitsConfig()
     )
-    await p.write(request, batches, accepted, caller="router-7")
+    await p.write(write_batch(request, batches, accepted), caller="router-7")
 
 
 def _query(

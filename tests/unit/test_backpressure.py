@@ -17,7 +17,7 @@ from metaas.server.ingest.aggregator import (
     Aggregator,
     estimated_bytes,
 )
-from metaas.server.ingest.pipeline import IngestPipeline, Overloaded
+from metaas.server.ingest.pipeline import LONE_ROLE, IngestPipeline, Overloaded
 from metaas.server.ingest.records import SeriesBatch
 from metaas.server.model import SeriesKey
 from metaas.server.sketch import Distribution
@@ -135,7 +135,7 @@ def pipeline(
     config = IngestConfig(
         wal_dir=wal, flush_interval_s=3600, hot_minutes=1, max_aggregate_bytes=max_aggregate_bytes
     )
-    names = tuple(targets) or (storage.name,)
+    names = tuple(targets) or (LONE_ROLE,)
     return IngestPipeline(
         config,
         retention_ms=RETENTION_MS,

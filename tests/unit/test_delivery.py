@@ -179,8 +179,7 @@ async def test_a_worker_that_fails_is_restarted_and_reported(
     await pipeline.seal()
     await asyncio.wait_for(failed.wait(), 5)
     assert pipeline.problems() == [
-        "backend sqlite: delivery worker restarted after RuntimeError: a bug in one step "
-        "(restarts: 1)"
+        "backend old: delivery worker restarted after RuntimeError: a bug in one step (restarts: 1)"
     ]
     resume.set()
     await asyncio.wait_for(delivery.drain(), 5)

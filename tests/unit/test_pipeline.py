@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from metaas.server.api.intake import write_batch
 from metaas.server.api.validation import validate_write
 from metaas.server.config import IngestConfig, LimitsConfig
 from metaas.server.ingest.pipeline import IngestPipeline
@@ -43,7 +44,7 @@ async def write(
     batches, accepted = validate_write(
         request, now_ms=clock.now_ms(), retention_ms=RETENTION_MS, limits=LimitsConfig()
     )
-    return await p.write(request, batches, accepted, caller=caller)
+    return await p.write(write_batch(request, batches, accepted), caller=caller)
 
 
 async def stored_count(storage: Storage) -> int:

@@ -11,6 +11,7 @@ from opentelemetry import trace
 from metaas.server.api.admission import Admission
 from metaas.server.api.auth import Authenticator, Principal
 from metaas.server.api.errors import RequestError, abort
+from metaas.server.api.intake import write_batch
 from metaas.server.api.tracing import rpc_span
 from metaas.server.api.validation import validate_write
 from metaas.server.clock import Clock
@@ -115,8 +116,9 @@ class MetricsIngestServicer(ingest_pb2_grpc.MetricsIngestServicer):
         )
         for i, series in enumerate(request.series):
             principal.require_app(series.app, f"series[{i}].app")
+        batch = write_batch(request, batches, accepted)
         try:
-            return await self._pipeline.write(request, batches, accepted, caller=principal.name)
+            return await self._pipeline.write(batch, caller=principal.name)
         except KeyReused as error:
             raise RequestError(
                 grpc.StatusCode.ALREADY_EXISTS,

@@ -12,19 +12,28 @@
 
 Messages above the transport cap (``grpc.max_receive_message_length``) never
 get here: gRPC refuses them with RESOURCE_EXHAUSTED before reading them whole.
+
+And how a parsed ``WriteRequest`` becomes ingest's own batch
+(:func:`batches_from_request`, :func:`write_batch`): the public proto ends
+here, so that changing it never changes ingest or its write-ahead log.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from metaas.server.api.admission import RETRY_AFTER_S, Admission
 from metaas.server.api.errors import RequestError, abort
+from metaas.server.ingest.idempotency import fingerprint
+from metaas.server.ingest.records import SeriesBatch, WriteBatch
+from metaas.server.model import SeriesKey
+from metaas.v1 import ingest_pb2
 
 
 class _Malformed:
@@ -159,3 +168,29 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):
                 cast(Any, unary_stream_behavior), deserializer, handler.response_serializer
             )
         return cast("grpc.RpcMethodHandler[Any, Any]", handler)
+
+
+def batches_from_request(request: ingest_pb2.WriteRequest) -> list[SeriesBatch]:
+    """Each series of ``request`` with its samples (not validated)."""
+    return [
+        SeriesBatch(
+            SeriesKey.of(s.app, s.metric, dict(s.labels)),
+            np.asarray(s.times_ms, dtype=np.int64),
+            np.asarray(s.values, dtype=np.float64),
+        )
+        for s in request.series
+    ]
+
+
+def write_batch(
+    request: ingest_pb2.WriteRequest, series: Sequence[SeriesBatch], samples: int
+) -> WriteBatch:
+    """Ingest's batch of a validated request: its ``series`` and ``samples``
+    (from validation), and its idempotency key with the fingerprint of its
+    body, taken as every release since scoped keys has, so that a retry
+    across an upgrade still matches its first attempt."""
+    key = request.idempotency_key
+    if not key:
+        return WriteBatch(series, samples)
+    body = request.SerializeToString(deterministic=True)
+    return WriteBatch(series, samples, key, fingerprint(body))

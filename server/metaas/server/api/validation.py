@@ -17,8 +17,9 @@ import numpy as np
 import numpy.typing as npt
 
 from metaas.server.api.errors import RequestError
+from metaas.server.api.intake import batches_from_request
 from metaas.server.config import LimitsConfig
-from metaas.server.ingest.records import SeriesBatch, batches_from_request
+from metaas.server.ingest.records import SeriesBatch
 from metaas.server.model import Labels
 from metaas.server.query import DEFAULT_STATS, RangeQuery, Stat, parse_stat
 from metaas.server.query.stats import ACCEPTED

@@ -65,14 +65,10 @@ class ScopedKey:
     fingerprint: bytes
 
     @classmethod
-    def of(cls, key: str, caller: str, apps: Iterable[str], body: bytes) -> ScopedKey:
-        """``body`` must be the request's deterministic serialization: plain
-        serialization writes map fields (labels) in insertion order, so equal
-        requests could have different fingerprints. Fingerprints outlive a
-        restart; should a protobuf upgrade ever change that serialization,
-        a retry across the upgrade is refused as KeyReused, never applied
-        twice."""
-        return cls(key, scope_of(caller, apps), fingerprint(body))
+    def of(cls, key: str, caller: str, apps: Iterable[str], fingerprint: bytes) -> ScopedKey:
+        """``key`` of ``caller`` in a request to ``apps`` whose body has
+        ``fingerprint`` (see :func:`fingerprint`)."""
+        return cls(key, scope_of(caller, apps), fingerprint)
 
     @property
     def size(self) -> int:
@@ -86,6 +82,13 @@ def scope_of(caller: str, apps: Iterable[str]) -> str:
 
 
 def fingerprint(body: bytes) -> bytes:
+    """The fingerprint of a request's body: its SHA-256.
+
+    ``body`` must be the request's deterministic serialization: plain
+    serialization writes map fields (labels) in insertion order, so equal
+    requests could have different fingerprints. Fingerprints outlive a
+    restart; should a protobuf upgrade ever change that serialization, a
+    retry across the upgrade is refused as KeyReused, never applied twice."""
     return hashlib.sha256(body).digest()
 
 
@@ -199,11 +202,12 @@ class IdempotencyKeys:
 
     def entry(self, record: WriteRecord) -> KeyEntry:
         """The entry a logged write leaves behind."""
+        batch = record.batch
         return KeyEntry(
-            record.idempotency_key,
+            batch.idempotency_key,
             record.scope,
-            record.fingerprint,
-            record.accepted,
+            batch.fingerprint,
+            batch.samples,
             record.recorded_ms + self._window_ms,
         )
 

@@ -13,6 +13,7 @@ import logging
 import secrets
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Final
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -22,12 +23,11 @@ from metaas.server.ingest import records
 from metaas.server.ingest.aggregator import Aggregator, PendingPartial
 from metaas.server.ingest.delivery import Delivery, SegmentId
 from metaas.server.ingest.idempotency import IdempotencyKeys, ScopedKey
-from metaas.server.ingest.records import SeriesBatch
+from metaas.server.ingest.records import SeriesBatch, WriteBatch
 from metaas.server.ingest.wal import Segment, WriteAheadLog, list_segments, read_segment
 from metaas.server.retry import backoff
 from metaas.server.storage.base import Storage
 from metaas.server.telemetry import Telemetry
-from metaas.v1 import ingest_pb2
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,11 @@ class Overloaded(Exception):
         self.retry_after_s = retry_after_s
 
 
-# app -> names of the backends its writes go to, authoritative first.
+# app -> roles of the backends its writes go to, authoritative first.
 WriteRouting = Callable[[str], Sequence[str]]
+# The role of a lone backend: migration.stages.Role.OLD's value, written out
+# so that ingest imports nothing of the migration package.
+LONE_ROLE: Final = "old"
 
 
 class IngestPipeline:
@@ -59,7 +62,8 @@ class IngestPipeline:
         self._config = config
         self._retention_ms = retention_ms
         self._clock = clock
-        targets = {storage.name: storage} if not isinstance(storage, Mapping) else dict(storage)
+        # Write targets are keyed by role, as routing names them.
+        targets = dict(storage) if isinstance(storage, Mapping) else {LONE_ROLE: storage}
         only = tuple(targets)[:1]
         self._routing: WriteRouting = routing or (lambda _app: only)
         # A fresh writer identity per run: partials flushed by an earlier run
@@ -94,7 +98,7 @@ class IngestPipeline:
         yield Observation(len(self._aggregator))
 
     def write_lag_s(self) -> dict[str, float]:
-        """Per backend: age of the oldest sealed work not yet stored there."""
+        """Per role: age of the oldest sealed work not yet stored on its backend."""
         return self._delivery.lag_s()
 
     async def start(self) -> None:
@@ -104,10 +108,10 @@ class IngestPipeline:
         self._old_segments = await asyncio.to_thread(list_segments, self._config.wal_dir)
         restored: list[records.KeyEntry] = []
         for segment in self._old_segments:
-            for record in await asyncio.to_thread(_read_records, segment):
+            for record in await asyncio.to_thread(_read_records, segment, False):
                 if isinstance(record, list):
                     restored.extend(record)
-                elif record.idempotency_key:
+                elif record.batch.idempotency_key:
                     restored.append(self._keys.entry(record))
         # Oldest first: the keys are kept ordered by expiry.
         for entry in sorted(restored, key=lambda e: e.expires_ms):
@@ -126,29 +130,22 @@ class IngestPipeline:
             self._wal.track(segment)
         await self._wal.open(records.encode_keys(self._keys.snapshot()))
         self._delivery.start()
-        self._task = asyncio.create_task(self._run(), name="ingest-flusher")
+        self._task = asyncio.create_task(self._run(), name="ingest-flush")
 
-    async def write(
-        self,
-        request: ingest_pb2.WriteRequest,
-        batches: Sequence[SeriesBatch],
-        accepted: int,
-        *,
-        caller: str,
-    ) -> int:
-        """Make a validated request durable and aggregated; return the number
+    async def write(self, batch: WriteBatch, *, caller: str) -> int:
+        """Make a validated batch durable and aggregated; return the number
         of samples accepted (the first answer, for a retried idempotency key).
 
         An idempotency key belongs to ``caller`` (the authenticated identity)
-        and the request's apps. Raises KeyReused when the key was used for a
+        and the batch's apps. Raises KeyReused when the key was used for a
         different body within the window, and KeysFull, with nothing applied,
         when remembering one more key would pass the byte bound."""
         self._admit()
-        key = request.idempotency_key
+        key = batch.idempotency_key
         if not key:
-            return await self._append(request.SerializeToString(), batches, accepted, None)
-        body = request.SerializeToString(deterministic=True)
-        scoped = ScopedKey.of(key, caller, (batch.series.app for batch in batches), body)
+            return await self._append(batch, None)
+        apps = (part.series.app for part in batch.series)
+        scoped = ScopedKey.of(key, caller, apps, batch.fingerprint)
         answered = self._keys.answered(scoped)
         if answered is not None:
             return answered
@@ -158,7 +155,7 @@ class IngestPipeline:
         # The key stays in flight until the log has resolved the append, even
         # if this caller is cancelled meanwhile (the record may still be
         # applied), so a retry never appends the same request twice.
-        task = self._keys.begin(scoped, lambda: self._append(body, batches, accepted, scoped))
+        task = self._keys.begin(scoped, lambda: self._append(batch, scoped))
         return await asyncio.shield(task)
 
     def _admit(self) -> None:
@@ -184,25 +181,14 @@ class IngestPipeline:
                 retry_after_s=self._config.flush_interval_s,
             )
 
-    async def _append(
-        self,
-        body: bytes,
-        batches: Sequence[SeriesBatch],
-        accepted: int,
-        scoped: ScopedKey | None,
-    ) -> int:
+    async def _append(self, batch: WriteBatch, scoped: ScopedKey | None) -> int:
         recorded_ms = self._clock.now_ms()
-        record = (
-            records.WriteRecord(recorded_ms, accepted, "", "", b"", body)
-            if scoped is None
-            else records.WriteRecord(
-                recorded_ms, accepted, scoped.key, scoped.scope, scoped.fingerprint, body
-            )
-        )
-        payload = records.encode_write(record)
+        scope = "" if scoped is None else scoped.scope
+        payload = records.encode_write(records.WriteRecord(recorded_ms, scope, batch))
+        accepted = batch.samples
 
         def apply() -> int:
-            self._aggregator.apply(batches)
+            self._aggregator.apply(batch.series)
             if scoped is not None:
                 self._keys.record(scoped, accepted, recorded_ms)
             self._samples.add(accepted)
@@ -309,9 +295,12 @@ class IngestPipeline:
         return found
 
 
-def _read_records(segment: Segment) -> list[records.WriteRecord | list[records.KeyEntry]]:
+def _read_records(
+    segment: Segment, samples: bool = True
+) -> list[records.WriteRecord | list[records.KeyEntry]]:
+    """A segment's records; without their samples unless ``samples``."""
     try:
-        return [records.decode(payload) for payload in read_segment(segment.path)]
+        return [records.decode(p, samples=samples) for p in read_segment(segment.path)]
     except FileNotFoundError:  # recovered and deleted by an interrupted earlier pass
         return []
 
@@ -323,12 +312,11 @@ def _aggregate_segment(
     aggregator = Aggregator(hot_minutes=hot_minutes, all_incomplete=True, views=views)
     for record in _read_records(segment):
         if isinstance(record, records.WriteRecord):
-            request = ingest_pb2.WriteRequest.FromString(record.request)
-            aggregator.apply(_within_retention(records.batches_from_request(request), cutoff_ms))
+            aggregator.apply(_within_retention(record.batch.series, cutoff_ms))
     return aggregator
 
 
-def _within_retention(batches: list[SeriesBatch], cutoff_ms: int) -> list[SeriesBatch]:
+def _within_retention(batches: Sequence[SeriesBatch], cutoff_ms: int) -> list[SeriesBatch]:
     kept = []
     for batch in batches:
         mask = batch.times_ms >= cutoff_ms
