@@ -30,7 +30,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from metaas.server.config import CodecConfig
 from metaas.server.ingest.aggregator import Aggregator
-from metaas.server.ingest.flusher import write_pending
+from metaas.server.ingest.partials import write_pending
 from metaas.server.ingest.records import SeriesBatch
 from metaas.server.model import Partial, Resolution, SeriesKey
 from metaas.server.query.stats import Stat, evaluate_many, parse_stat

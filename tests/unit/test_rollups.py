@@ -15,7 +15,7 @@ import pytest
 
 from metaas.server.config import CodecConfig
 from metaas.server.ingest.aggregator import Aggregator
-from metaas.server.ingest.flusher import write_pending
+from metaas.server.ingest.partials import write_pending
 from metaas.server.ingest.records import SeriesBatch
 from metaas.server.model import Labels, Partial, Resolution, SeriesKey
 from metaas.server.query import QueryEngine, RangeQuery

@@ -33,7 +33,7 @@ from typing import Final
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from metaas.server.ingest.aggregator import PendingPartial
-from metaas.server.ingest.flusher import write_pending
+from metaas.server.ingest.partials import write_pending
 from metaas.server.retry import backoff, describe_error, keep_running
 from metaas.server.storage.base import Storage
 from metaas.server.storage.errors import StorageError

@@ -138,7 +138,6 @@ class WriteAheadLog:
         # (monotonic time of the first failure in a row, the latest error)
         self._write_failing: tuple[float, BaseException] | None = None
         self._rotate_failing: tuple[float, BaseException] | None = None
-        self.bytes_written = 0
         # Sizes of sealed (and earlier runs') segments whose data is not stored yet.
         self._backlog: dict[Path, int] = {}
         # Sizes of segments stored everywhere whose deletion failed so far.
@@ -285,7 +284,6 @@ class WriteAheadLog:
                 log.critical(self._failed)
             raise
         self._size = position + len(data)
-        self.bytes_written += len(data)
 
     def _start_segment(self, epoch: int, head: bytes) -> None:
         path = Segment.named(self.directory, self.generation, epoch).path

@@ -1,4 +1,6 @@
-"""Turns pending aggregates into stored partials."""
+"""Pending aggregates stored as one writer's partials of one flush epoch: a
+complete aggregate overwrites its row, a delta is merged into it once (see
+:func:`write_pending`)."""
 
 from __future__ import annotations
 
