@@ -202,10 +202,10 @@ def query_range(
             number of minutes (default one minute). Buckets start at
             ``start + k * step``.
         step_ms: the same as ``step`` (its earlier name); give one of them.
-        stats: the statistics, answered in this order: ``count``, ``sum``,
-            ``min``, ``max``, ``mean``, the quantiles ``p50``, ``p90``,
-            ``p95``, ``p99``, ``p999``, or ``q<fraction>`` such as ``q0.75``.
-            Default: :data:`DEFAULT_STATS`.
+        stats: the statistics, answered in the order given: ``count``,
+            ``sum``, ``min``, ``max``, ``mean``, the quantiles ``p50``,
+            ``p90``, ``p95``, ``p99``, ``p999``, or ``q<fraction>`` such as
+            ``q0.75``. Default: :data:`DEFAULT_STATS`.
         matchers: exact label matches; a series is selected when each
             matcher equals its label's value. None selects every series of
             the metric.

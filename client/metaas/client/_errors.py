@@ -14,13 +14,30 @@ _DETAILS_KEY = "grpc-status-details-bin"
 
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
+    """A request field at fault, named as in the request message (for
+    example ``series[0].times_ms[3]`` or ``step_ms``), and what is wrong."""
+
     field: str
     description: str
 
 
 class MetaasError(Exception):
-    """An RPC failed. ``code`` is the gRPC status; ``violations`` name the
-    request fields at fault (for INVALID_ARGUMENT and RESOURCE_EXHAUSTED)."""
+    """An RPC failed or was refused.
+
+    ``code`` is the gRPC status, ``message`` the server's explanation, and
+    ``violations`` name the request fields at fault (for INVALID_ARGUMENT,
+    for RESOURCE_EXHAUSTED on a request or answer too large, and for
+    PERMISSION_DENIED on an app).
+
+    Each method documents its own codes. Any call may also raise
+    UNAUTHENTICATED (the server requires a token, and got none or one it
+    does not know); PERMISSION_DENIED (the caller may not do this);
+    RESOURCE_EXHAUSTED (the server is at its limit of requests in flight:
+    retry later); UNAVAILABLE (the server could not be reached within
+    gRPC's retries, or cannot store or read now: retry later);
+    DEADLINE_EXCEEDED (the call's ``timeout`` passed); INTERNAL (a storage
+    failure that retrying will not fix).
+    """
 
     def __init__(
         self, code: grpc.StatusCode, message: str, violations: tuple[FieldViolation, ...] = ()
