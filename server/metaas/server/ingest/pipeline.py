@@ -21,10 +21,16 @@ from metaas.server.clock import Clock
 from metaas.server.config import IngestConfig, ViewsConfig
 from metaas.server.ingest import records
 from metaas.server.ingest.aggregator import Aggregator, PendingPartial
-from metaas.server.ingest.delivery import Delivery, SegmentId
+from metaas.server.ingest.delivery import Delivery
 from metaas.server.ingest.idempotency import IdempotencyKeys, ScopedKey
 from metaas.server.ingest.records import SeriesBatch, WriteBatch
-from metaas.server.ingest.wal import Segment, WriteAheadLog, list_segments, read_segment
+from metaas.server.ingest.wal import (
+    Segment,
+    SegmentId,
+    WriteAheadLog,
+    list_segments,
+    read_segment,
+)
 from metaas.server.retry import backoff
 from metaas.server.storage.base import Storage
 from metaas.server.telemetry import Telemetry

@@ -67,6 +67,9 @@ class WalLocked(WalError):
         )
 
 
+SegmentId = tuple[str, int]  # (writer generation, epoch)
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class Segment:
     generation: str
