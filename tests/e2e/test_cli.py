@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -188,11 +189,65 @@ def test_errors_name_the_field_and_exit_nonzero(server: ServerProcess, tmp_path:
 
 def test_bad_settings_fail_fast_naming_the_setting(tmp_path: Path) -> None:
     for args, named in [
-        (["--listen", "nonsense"], "--listen"),
-        (["--flush-interval-s", "0"], "--flush-interval-s"),
-        (["--retention-days", "0"], "--retention-days"),
-        (["--storage", "mysql://x"], "--storage"),
+        (["--listen", "nonsense"], "METAAS_LISTEN / --listen"),
+        (["--flush-interval-s", "0"], "METAAS_FLUSH_INTERVAL_S / --flush-interval-s"),
+        (["--retention-days", "0"], "METAAS_RETENTION_DAYS / --retention-days"),
+        (["--storage", "mysql://x"], "METAAS_STORAGE / --storage"),
+        (["--shadow-timeout-s", "soon"], "METAAS_SHADOW_TIMEOUT_S / --shadow-timeout-s"),
+        (["--compression", "lz4"], "METAAS_COMPRESSION / --compression"),
     ]:
         result = metaas("serve", "--wal-dir", str(tmp_path / "wal"), *args)
         assert result.returncode == 2, (args, result.stderr)
         assert named in result.stderr, (args, result.stderr)
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def serve_refused(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """The one line ``metaas serve`` exits with (status 2) for ``args``."""
+    result = subprocess.run(
+        [METAAS, "serve", "--wal-dir", str(tmp_path / "wal"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: ")
+    return line
+
+
+def test_a_variable_is_refused_like_its_flag(tmp_path: Path) -> None:
+    by_flag = serve_refused(tmp_path, "--guard-error-rate", "1.5")
+    by_variable = serve_refused(tmp_path, env={"METAAS_GUARD_ERROR_RATE": "1.5"})
+    assert by_flag == by_variable
+    assert "METAAS_GUARD_ERROR_RATE / --guard-error-rate" in by_flag
+    assert "expected a fraction in (0, 1]" in by_flag
+
+
+def test_flags_without_a_migration_target_are_refused(tmp_path: Path) -> None:
+    flags = tmp_path / "flags.json"
+    flags.write_text('{"flags": {}}')
+    line = serve_refused(tmp_path, "--flags", str(flags))
+    assert "METAAS_FLAGS / --flags" in line
+    assert "METAAS_MIGRATION_TARGET / --migration-target" in line
+
+
+def test_a_flag_file_that_would_not_be_obeyed_is_refused_at_start(tmp_path: Path) -> None:
+    target = ("--migration-target", f"sqlite:///{tmp_path / 'new.db'}")
+    flags = tmp_path / "flags.json"
+    for variants, named, accepted in [
+        ('"migration-stage": {"variants": {"on": "shaddow"}, "defaultVariant": "on"}',
+         "flag migration-stage, variant 'on': invalid value 'shaddow'",
+         "expected off, dualwrite, shadow, live, rampdown or complete"),
+        ('"migration-check-ratio": {"variants": {"all": 1.5}, "defaultVariant": "all"}',
+         "flag migration-check-ratio, variant 'all': invalid value 1.5",
+         "expected a number from 0 to 1"),
+        ('"migration-stage": {', "METAAS_FLAGS / --flags", "a flagd flag file in JSON"),
+    ]:  # fmt: skip
+        flags.write_text('{"flags": {' + variants + "}}")
+        line = serve_refused(tmp_path, *target, "--flags", str(flags))
+        assert line.startswith("Error: METAAS_FLAGS / --flags")
+        assert named in line
+        assert accepted in line
