@@ -3,9 +3,9 @@ until flushed. Each sample lands in its minute's state and in its hour's
 state (the hourly rollup, see :class:`metaas.server.model.Resolution`).
 
 A *complete* state holds everything this writer generation ever received for
-its (series, bucket), so the flusher can overwrite the stored row with it. Once
+its (series, bucket), so a flush can overwrite the stored row with it. Once
 a bucket has been flushed and left memory, a late sample for it starts an
-*incomplete* state: a delta the flusher must merge into the stored row.
+*incomplete* state: a delta a flush must merge into the stored row.
 Minutes stay in memory for the hot window after they end, hours likewise.
 
 The memory each state holds is estimated (:func:`estimated_bytes`) and summed
