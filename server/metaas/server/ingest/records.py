@@ -270,6 +270,8 @@ def _decode_series(
         raise ValueError(f"write-ahead log record with time width {width}")
     if values_at + 8 * total != len(payload):
         raise ValueError("write-ahead log record's length does not match its counts")
+    if len(names) != 2 * count + 2 * sum(label_counts):
+        raise ValueError("write-ahead log record's names do not match its label counts")
     values = np.frombuffer(payload, _VALUES, total, values_at).astype(np.float64)
     batches = []
     at = start = 0
@@ -284,8 +286,6 @@ def _decode_series(
         )
         at += 2 + 2 * labels
         start = end
-    if at != len(names):
-        raise ValueError("write-ahead log record's names do not match its label counts")
     return batches
 
 
