@@ -58,6 +58,7 @@ from metaas.server.model import SeriesKey
 from metaas.server.sketch.histogram import FloatArray, Int64Array
 
 VERSION: Final = 2
+_VERSION_BYTE: Final = bytes((VERSION,))
 _WRITE: Final = b"w"
 _KEYS: Final = b"k"
 _LEGACY_WRITE: Final = b"W"
@@ -183,7 +184,7 @@ def encode_write(record: WriteRecord) -> bytes:
 
 
 def encode_keys(entries: list[KeyEntry]) -> bytes:
-    parts = [bytes((VERSION,)), _KEYS, _COUNT.pack(len(entries))]
+    parts = [_VERSION_BYTE, _KEYS, _COUNT.pack(len(entries))]
     pack = _KEY_ENTRY.pack
     scopes: dict[str, bytes] = {}  # most keys share a few scopes
     for entry in entries:
@@ -202,7 +203,7 @@ def decode(payload: bytes, *, samples: bool = True) -> WriteRecord | list[KeyEnt
     write's series are left out (empty): restoring keys needs only the rest.
     Raises ValueError for a record of no known format."""
     first = payload[:1]
-    if first == b"\x02":
+    if first == _VERSION_BYTE:
         kind = payload[1:2]
         if kind == _WRITE:
             return _decode_write(payload, samples)
