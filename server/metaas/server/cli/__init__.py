@@ -1,4 +1,4 @@
-"""The ``metaas`` command: serve, write, query, demo."""
+"""The ``metaas`` command: serve, schema, rollups, views, write, query, demo, migration."""
 
 from metaas.server.cli.main import main
 

@@ -42,7 +42,7 @@ class ServerConfig:
         "127.0.0.1:50051",
         "--listen",
         "METAAS_LISTEN",
-        "HOST:PORT to serve gRPC on.",
+        "The address to serve gRPC on.",
         accepts=Accepts("HOST:PORT", _is_host_port),
     )
     reflection: bool = setting(
