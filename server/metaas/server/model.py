@@ -5,9 +5,10 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from metaas.server.sketch import Distribution
+if TYPE_CHECKING:  # the sketch package reads the time units from here
+    from metaas.server.sketch import Distribution
 
 Labels = tuple[tuple[str, str], ...]
 

@@ -20,10 +20,9 @@ from metaas.server.api.errors import RequestError
 from metaas.server.api.intake import batches_from_request
 from metaas.server.config import LimitsConfig
 from metaas.server.ingest.records import SeriesBatch
-from metaas.server.model import Labels
+from metaas.server.model import MINUTE_MS, Labels
 from metaas.server.query import DEFAULT_STATS, RangeQuery, Stat, parse_stat
 from metaas.server.query.stats import ACCEPTED
-from metaas.server.sketch.distribution import MINUTE_MS
 from metaas.v1 import ingest_pb2, query_pb2
 
 MAX_VIOLATIONS: Final = 20

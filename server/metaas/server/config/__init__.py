@@ -13,7 +13,6 @@ seconds > 0``). Fields no flag sets declare what they accept with
 """
 
 from metaas.server.config._data import (
-    DAY_MS,
     MAX_PROJECTIONS,
     CodecConfig,
     IngestConfig,
@@ -35,7 +34,6 @@ from metaas.server.config._serving import LOG_LEVEL, LimitsConfig, SecurityConfi
 from metaas.server.config._settings import Settings
 
 __all__ = [
-    "DAY_MS",
     "LOG_LEVEL",
     "MAX_PROJECTIONS",
     "Accepts",

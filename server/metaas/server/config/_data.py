@@ -19,8 +19,8 @@ from metaas.server.config._declaration import (
     setting,
     validate,
 )
+from metaas.server.model import DAY_MS
 
-DAY_MS: Final = 86_400_000
 MAX_PROJECTIONS: Final = 8
 # The label names a write accepts (api/validation.py).
 _LABEL_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")

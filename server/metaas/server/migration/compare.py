@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from metaas.server.model import MINUTE_MS
 from metaas.server.query import RangeQuery, ResultGroup
 
 MAX_DIFF_LINES = 5
-MINUTE_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,10 @@ from typing import Final
 
 import numpy as np
 
+from metaas.server.model import MINUTE_MS
 from metaas.server.sketch import histogram
 from metaas.server.sketch.histogram import FloatArray, Int64Array, Sketch
 
-MINUTE_MS: Final = 60_000
 # Encoding 1: version, count, sum, min, max, then the sketch's own version 1.
 _HEADER = struct.Struct("<Bqddd")
 _VERSION_1: Final = 1
