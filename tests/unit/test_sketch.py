@@ -6,7 +6,7 @@ from unittest.mock import patch
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -186,24 +186,30 @@ def test_p50_to_p999_within_accuracy_when_they_lie_within_the_kept_range(
 
 @settings(max_examples=200, deadline=None)
 @given(hnp.arrays(np.float64, st.integers(2, 300), elements=wide_positive))
+@example(np.array([20.0, 8.5e10]))  # 20 is in the lowest kept bucket, below its value
 def test_each_order_statistic_is_accurate_or_reported_as_the_lowest_kept_bucket(
     values: np.ndarray,
 ) -> None:
     """The rule of the module docstring, rank by rank: a value above the
-    largest divided by BASE**(MAX_BUCKETS - 1) is within accuracy; one below
-    it is reported as the lowest kept bucket's value, never under itself."""
+    largest divided by BASE**(MAX_BUCKETS - 1) is within accuracy, and so is
+    any value in the lowest kept bucket; one in a bucket below it is reported
+    as the lowest kept bucket's value, never under itself."""
     sketch = Sketch.from_values(values)
     ordered = np.sort(values)
     n = values.size
     threshold = ordered[-1] / KEPT_RATIO
-    lowest_kept = bucket_value(int(bucket_indices(ordered[-1:])[0]) - (MAX_BUCKETS - 1))
+    lowest_index = int(bucket_indices(ordered[-1:])[0]) - (MAX_BUCKETS - 1)
+    lowest_kept = bucket_value(lowest_index)
+    indices = bucket_indices(ordered)
     ranks = [r for r in range(n) if r / (n - 1) * (n - 1) == r]
     estimates = sketch.quantiles([r / (n - 1) for r in ranks])
     for rank, estimate in zip(ranks, estimates, strict=True):
         exact = float(ordered[rank])
         if exact > threshold * (1 + 1e-12):
+            assert indices[rank] >= lowest_index, (rank, exact)
+        if indices[rank] >= lowest_index:
             assert abs(estimate - exact) <= RELATIVE_ACCURACY * exact * (1 + 1e-9), (rank, exact)
-        elif exact < threshold * (1 - 1e-12):
+        else:
             assert estimate == pytest.approx(lowest_kept, rel=1e-12), (rank, exact)
             assert estimate >= exact
 

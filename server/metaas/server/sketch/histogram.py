@@ -25,7 +25,8 @@ negative values, the magnitudes nearest zero). Hence:
   is within it when the two order statistics it interpolates are; for p50 to
   p99.9 that holds unless the largest magnitude of the quantile's sign is
   more than about 4.2e9 times the quantile's.
-- A smaller one is reported as bucket ``f``'s value, about
+- A smaller one in bucket ``f`` itself is still within RELATIVE_ACCURACY;
+  one in a bucket below ``f`` is reported as bucket ``f``'s value, about
   ``largest / 4.2e9``: its magnitude is overestimated, never under
   (:class:`~metaas.server.sketch.distribution.Distribution` then clamps every
   estimate to the exact minimum and maximum).
