@@ -129,8 +129,8 @@ class IdempotencyKeys:
         Raises KeyReused if that answer was for a different body."""
         entry = self._answered.get((request.scope, request.key))
         if entry is None:
-            # Keys logged by the previous version have no scope or
-            # fingerprint. They match the key alone, as that version did: a
+            # Keys logged in the first format (0) have no scope or
+            # fingerprint. They match the key alone, as the release writing them did: a
             # retry across the upgrade's restart is the likeliest retry of
             # all, and treating these keys as unknown would apply it twice.
             # The cost, another caller's write with the same key being
