@@ -130,12 +130,12 @@ class IdempotencyKeys:
         entry = self._answered.get((request.scope, request.key))
         if entry is None:
             # Keys logged in the first format (0) have no scope or
-            # fingerprint. They match the key alone, as the release writing them did: a
-            # retry across the upgrade's restart is the likeliest retry of
-            # all, and treating these keys as unknown would apply it twice.
-            # The cost, another caller's write with the same key being
-            # answered instead of applied, is the old behaviour and ends with
-            # these keys' window.
+            # fingerprint. They match the key alone, as the release that
+            # wrote them did: a retry across the upgrade's restart is the
+            # likeliest retry of all, and treating these keys as unknown
+            # would apply it twice. The cost, another caller's write with the
+            # same key being answered instead of applied, is the old
+            # behaviour and ends with these keys' window.
             entry = self._answered.get((LEGACY_SCOPE, request.key))
             if entry is None:
                 return None
