@@ -216,9 +216,7 @@ async def _serve_api(
             limits=settings.limits,
             retention_ms=settings.retention.retention_ms,
             clock=clock,
-            tracer=tracer,
-            authenticator=authenticator,
-            admission=admission,
+            rpcs=rpcs,
         ),
         MetricsQueryServicer(router, limits=settings.limits, rpcs=rpcs),
         MigrationAdminServicer(

@@ -6,13 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
-from opentelemetry import trace
 
-from metaas.server.api.admission import Admission
-from metaas.server.api.auth import Authenticator, Principal
-from metaas.server.api.errors import RequestError, abort
+from metaas.server.api.auth import Principal
+from metaas.server.api.errors import RequestError
 from metaas.server.api.intake import write_batch
-from metaas.server.api.tracing import rpc_span
+from metaas.server.api.rpc import Call, Rpcs, RpcServicer, unary
 from metaas.server.api.validation import validate_write
 from metaas.server.clock import Clock
 from metaas.server.config import LimitsConfig
@@ -22,10 +20,9 @@ from metaas.server.ingest.wal import WalError
 from metaas.v1 import ingest_pb2, ingest_pb2_grpc
 
 SERVICE = "metaas.v1.MetricsIngest"
-_Context = grpc.aio.ServicerContext[ingest_pb2.WriteRequest, ingest_pb2.WriteResponse]
 
 
-class MetricsIngestServicer(ingest_pb2_grpc.MetricsIngestServicer):
+class MetricsIngestServicer(RpcServicer, ingest_pb2_grpc.MetricsIngestServicer):
     def __init__(
         self,
         pipeline: IngestPipeline,
@@ -33,59 +30,40 @@ class MetricsIngestServicer(ingest_pb2_grpc.MetricsIngestServicer):
         limits: LimitsConfig,
         retention_ms: int,
         clock: Clock,
-        tracer: trace.Tracer,
-        authenticator: Authenticator,
-        admission: Admission,
+        rpcs: Rpcs,
     ) -> None:
-        self._auth = authenticator
-        self._admission = admission
+        super().__init__(rpcs)
         self._pipeline = pipeline
         self._limits = limits
         self._retention_ms = retention_ms
         self._clock = clock
-        self._tracer = tracer
 
-    async def Write(
-        self, request: ingest_pb2.WriteRequest, context: _Context
-    ) -> ingest_pb2.WriteResponse:
-        try:
-            with rpc_span(self._tracer, SERVICE, "Write") as span:
-                principal = self._auth.authenticate(context)
-                span.set_attribute("enduser.id", principal.name)
-                with self._admission.admit("Write", principal.name):
-                    accepted = await self._write(request, principal)
-                span.set_attribute("metaas.samples", accepted)
-                return ingest_pb2.WriteResponse(accepted_samples=accepted)
-        except RequestError as error:
-            await abort(context, error)
+    @unary(SERVICE)
+    async def Write(self, request: ingest_pb2.WriteRequest, call: Call) -> ingest_pb2.WriteResponse:
+        accepted = await self._write(request, call.principal)
+        call.span.set_attribute("metaas.samples", accepted)
+        return ingest_pb2.WriteResponse(accepted_samples=accepted)
 
+    @unary(SERVICE)
     async def WriteStream(
-        self, request_iterator: AsyncIterator[ingest_pb2.WriteRequest], context: _Context
+        self, request_iterator: AsyncIterator[ingest_pb2.WriteRequest], call: Call
     ) -> ingest_pb2.WriteResponse:
         """Each message is validated and applied on its own, in order; an
         invalid one ends the stream with its error, prefixed by its index.
         The caller is authenticated again at every message, so a revoked
         token ends the stream at its next message; a stream with no message
         for the idle timeout is ended."""
-        try:
-            with rpc_span(self._tracer, SERVICE, "WriteStream") as span:
-                principal = self._auth.authenticate(context)
-                span.set_attribute("enduser.id", principal.name)
-                total = 0
-                index = 0
-                with self._admission.admit("WriteStream", principal.name):
-                    async for request in self._idle_bounded(request_iterator):
-                        try:
-                            principal = self._auth.authenticate(context)
-                            total += await self._write(request, principal)
-                        except RequestError as error:
-                            raise _in_message(error, index, total) from error
-                        index += 1
-                span.set_attribute("metaas.samples", total)
-                span.set_attribute("metaas.messages", index)
-                return ingest_pb2.WriteResponse(accepted_samples=total)
-        except RequestError as error:
-            await abort(context, error)
+        total = 0
+        index = 0
+        async for request in self._idle_bounded(request_iterator):
+            try:
+                total += await self._write(request, call.reauthenticate())
+            except RequestError as error:
+                raise _in_message(error, index, total) from error
+            index += 1
+        call.span.set_attribute("metaas.samples", total)
+        call.span.set_attribute("metaas.messages", index)
+        return ingest_pb2.WriteResponse(accepted_samples=total)
 
     async def _idle_bounded(
         self,
