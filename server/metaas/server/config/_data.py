@@ -28,7 +28,7 @@ _LABEL_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 @dataclass(frozen=True, slots=True)
 class IngestConfig:
-    wal_dir: Path = setting(  # noqa: RUF009 - a field() with its declaration
+    wal_dir: Path = setting(
         Path("data/wal"),
         "--wal-dir",
         "METAAS_WAL_DIR",

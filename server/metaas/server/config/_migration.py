@@ -35,7 +35,7 @@ class MigrationConfig:
         "Storage URL of the backend to migrate to; turns migration on.",
         parse=_optional_text,
     )
-    flags_file: Path | None = setting(  # noqa: RUF009 - a field() with its declaration
+    flags_file: Path | None = setting(
         None,
         "--flags",
         "METAAS_FLAGS",

@@ -87,7 +87,7 @@ class SecurityConfig:
     """TLS, mutual TLS and bearer tokens. With none of them the server must
     listen on loopback only, unless ``insecure`` says otherwise."""
 
-    tls_cert: Path | None = setting(  # noqa: RUF009 - a field() with its declaration
+    tls_cert: Path | None = setting(
         None,
         "--tls-cert",
         "METAAS_TLS_CERT",
@@ -95,7 +95,7 @@ class SecurityConfig:
         kind=Kind.PATH,
         accepts=READABLE_FILE,
     )
-    tls_key: Path | None = setting(  # noqa: RUF009 - a field() with its declaration
+    tls_key: Path | None = setting(
         None,
         "--tls-key",
         "METAAS_TLS_KEY",
@@ -103,7 +103,7 @@ class SecurityConfig:
         kind=Kind.PATH,
         accepts=READABLE_FILE,
     )
-    tls_client_ca: Path | None = setting(  # noqa: RUF009 - a field() with its declaration
+    tls_client_ca: Path | None = setting(
         None,
         "--tls-client-ca",
         "METAAS_TLS_CLIENT_CA",
@@ -111,7 +111,7 @@ class SecurityConfig:
         kind=Kind.PATH,
         accepts=READABLE_FILE,
     )
-    auth_tokens: Path | None = setting(  # noqa: RUF009 - a field() with its declaration
+    auth_tokens: Path | None = setting(
         None,
         "--auth-tokens",
         "METAAS_AUTH_TOKENS",
