@@ -82,10 +82,13 @@ class MigrationRouter:
                 shadow = None
                 role = Role.OLD
                 primary, error = await observe(self._engine, self._routing, role, query)
-        except BaseException:
+        except BaseException as stopped:
             # Cancelled (the caller's deadline passed) or refused (too large):
             # the shadow read of the same query stops too.
-            self._stop(shadow, route, span, "served read cancelled")
+            cancelled = isinstance(stopped, asyncio.CancelledError)
+            self._stop(
+                shadow, route, span, f"served read {'cancelled' if cancelled else 'refused'}"
+            )
             raise
         self._guard.record_read(route, role, failed=error is not None)
         if error is not None:
