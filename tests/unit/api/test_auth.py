@@ -4,16 +4,17 @@ certificates, and the access file reloaded under a running server."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from metaas.server.api import auth
 from metaas.server.api.auth import ANONYMOUS, AccessFile, Authenticator, parse_access_file
 from metaas.server.api.errors import RequestError
 from metaas.server.config import ConfigError, SecurityConfig
@@ -54,10 +55,15 @@ def write(path: Path, document: object | str) -> None:
     os.utime(path, ns=(stamp, stamp))
 
 
+def ticking() -> Callable[[], float]:
+    """A clock that moves a second per reading: the access file is checked
+    for changes at every call."""
+    seconds = itertools.count(0.0, 1.0)
+    return lambda: next(seconds)
+
+
 @pytest.fixture
-def access_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The access file, re-checked on every call instead of every second."""
-    monkeypatch.setattr(auth, "_RECHECK_S", 0.0)
+def access_file(tmp_path: Path) -> Path:
     path = tmp_path / "access.json"
     write(path, GRANTS)
     return path
@@ -90,7 +96,7 @@ def refused(authenticator: Authenticator, context: grpc.aio.ServicerContext[Any,
 
 
 def test_without_authentication_every_caller_is_the_anonymous_admin() -> None:
-    authenticator = Authenticator(SecurityConfig())
+    authenticator = Authenticator(SecurityConfig(), monotonic=ticking())
     principal = authenticator.authenticate(FakeServicerContext.bearer("anything"))
     assert principal is ANONYMOUS
     assert principal.admin
@@ -98,7 +104,7 @@ def test_without_authentication_every_caller_is_the_anonymous_admin() -> None:
 
 
 def test_a_token_is_the_principal_it_grants(access_file: Path) -> None:
-    authenticator = Authenticator(SecurityConfig(auth_tokens=access_file))
+    authenticator = Authenticator(SecurityConfig(auth_tokens=access_file), monotonic=ticking())
     principal = authenticator.authenticate(FakeServicerContext.bearer(SHOP_TOKEN))
     assert principal.name == f"token:{sha(SHOP_TOKEN)[:8]}"
     assert SHOP_TOKEN not in principal.name
@@ -122,14 +128,14 @@ def test_a_token_is_the_principal_it_grants(access_file: Path) -> None:
 def test_a_caller_without_a_known_token_is_unauthenticated(
     access_file: Path, metadata: tuple[tuple[str, str], ...], message: str
 ) -> None:
-    authenticator = Authenticator(SecurityConfig(auth_tokens=access_file))
+    authenticator = Authenticator(SecurityConfig(auth_tokens=access_file), monotonic=ticking())
     found = refused(authenticator, FakeServicerContext(metadata=metadata).typed())
     assert message in found
     assert SHOP_TOKEN not in found
 
 
 def test_a_token_without_an_access_file_is_refused(certificates: tuple[Path, Path, Path]) -> None:
-    authenticator = Authenticator(mutual_tls(certificates))
+    authenticator = Authenticator(mutual_tls(certificates), monotonic=ticking())
     message = refused(authenticator, FakeServicerContext.bearer(SHOP_TOKEN))
     assert "does not accept tokens" in message
 
@@ -137,7 +143,7 @@ def test_a_token_without_an_access_file_is_refused(certificates: tuple[Path, Pat
 def test_a_certificate_is_the_identity_it_names(
     access_file: Path, certificates: tuple[Path, Path, Path]
 ) -> None:
-    authenticator = Authenticator(mutual_tls(certificates, access_file))
+    authenticator = Authenticator(mutual_tls(certificates, access_file), monotonic=ticking())
     by_name = FakeServicerContext(auth={"x509_common_name": [b"router-7"]}).typed()
     principal = authenticator.authenticate(by_name)
     assert (principal.name, principal.apps, principal.admin) == ("cert:router-7", None, False)
@@ -159,7 +165,7 @@ def test_a_certificate_is_the_identity_it_names(
 def test_a_token_is_preferred_to_the_certificate(
     access_file: Path, certificates: tuple[Path, Path, Path]
 ) -> None:
-    authenticator = Authenticator(mutual_tls(certificates, access_file))
+    authenticator = Authenticator(mutual_tls(certificates, access_file), monotonic=ticking())
     context = FakeServicerContext(
         metadata=[("authorization", f"Bearer {SHOP_TOKEN}")],
         auth={"x509_common_name": [b"router-7"]},
@@ -170,7 +176,7 @@ def test_a_token_is_preferred_to_the_certificate(
 def test_certificates_not_on_the_list_or_absent_are_unauthenticated(
     access_file: Path, certificates: tuple[Path, Path, Path]
 ) -> None:
-    authenticator = Authenticator(mutual_tls(certificates, access_file))
+    authenticator = Authenticator(mutual_tls(certificates, access_file), monotonic=ticking())
     stranger = FakeServicerContext(auth={"x509_common_name": [b"stranger"]}).typed()
     assert "not on the access list" in refused(authenticator, stranger)
     assert "no client certificate" in refused(authenticator, FakeServicerContext().typed())
@@ -179,7 +185,7 @@ def test_certificates_not_on_the_list_or_absent_are_unauthenticated(
 def test_with_mutual_tls_alone_the_client_ca_is_the_allow_list(
     certificates: tuple[Path, Path, Path],
 ) -> None:
-    authenticator = Authenticator(mutual_tls(certificates))
+    authenticator = Authenticator(mutual_tls(certificates), monotonic=ticking())
     context = FakeServicerContext(
         auth={"x509_subject_alternative_name": [b"alt"], "x509_common_name": [b"anyone"]}
     ).typed()
@@ -188,7 +194,7 @@ def test_with_mutual_tls_alone_the_client_ca_is_the_allow_list(
 
 
 def test_an_admin_grant_never_widens_the_apps(access_file: Path) -> None:
-    authenticator = Authenticator(SecurityConfig(auth_tokens=access_file))
+    authenticator = Authenticator(SecurityConfig(auth_tokens=access_file), monotonic=ticking())
     admin = authenticator.authenticate(FakeServicerContext.bearer(ADMIN_TOKEN))
     admin.require_admin()
     admin.require_app("bank", "app")
@@ -200,7 +206,7 @@ def test_an_admin_grant_never_widens_the_apps(access_file: Path) -> None:
 
 
 def test_a_non_admin_is_refused_admin_operations(access_file: Path) -> None:
-    authenticator = Authenticator(SecurityConfig(auth_tokens=access_file))
+    authenticator = Authenticator(SecurityConfig(auth_tokens=access_file), monotonic=ticking())
     caller = authenticator.authenticate(FakeServicerContext.bearer(SHOP_TOKEN))
     caller.require_app("shop", "series[0].app")
     with pytest.raises(RequestError) as caught:
@@ -249,7 +255,7 @@ def test_an_access_file_that_cannot_be_loaded_fails_at_start(tmp_path: Path) -> 
     path = tmp_path / "access.json"
     path.write_text('{"tokens": [{"sha256": "' + SHOP_TOKEN)  # broken JSON around a secret
     with pytest.raises(ConfigError) as caught:
-        AccessFile(path)
+        AccessFile(path, monotonic=ticking())
     message = str(caught.value)
     assert "METAAS_AUTH_TOKENS / --auth-tokens" in message
     assert "invalid JSON at line 1" in message
@@ -257,7 +263,7 @@ def test_an_access_file_that_cannot_be_loaded_fails_at_start(tmp_path: Path) -> 
 
 
 def test_a_changed_access_file_is_reloaded(access_file: Path) -> None:
-    authenticator = Authenticator(SecurityConfig(auth_tokens=access_file))
+    authenticator = Authenticator(SecurityConfig(auth_tokens=access_file), monotonic=ticking())
     newcomer = "newcomer-token"
     refused(authenticator, FakeServicerContext.bearer(newcomer))
     write(access_file, access(tokens=[{"sha256": sha(newcomer), "apps": ["bank"]}]))
@@ -267,7 +273,7 @@ def test_a_changed_access_file_is_reloaded(access_file: Path) -> None:
 
 
 def test_a_token_removed_from_the_file_is_revoked(access_file: Path) -> None:
-    authenticator = Authenticator(SecurityConfig(auth_tokens=access_file))
+    authenticator = Authenticator(SecurityConfig(auth_tokens=access_file), monotonic=ticking())
     assert authenticator.authenticate(FakeServicerContext.bearer(SHOP_TOKEN))
     without = access(tokens=[t for t in GRANTS["tokens"] if t["sha256"] != sha(SHOP_TOKEN)])
     write(access_file, without)
@@ -287,8 +293,8 @@ def test_a_token_removed_from_the_file_is_revoked(access_file: Path) -> None:
 def test_a_broken_or_wrong_shaped_file_keeps_the_last_good_one(
     access_file: Path, broken: str
 ) -> None:
-    access_list = AccessFile(access_file)
-    authenticator = Authenticator(SecurityConfig(auth_tokens=access_file))
+    access_list = AccessFile(access_file, monotonic=ticking())
+    authenticator = Authenticator(SecurityConfig(auth_tokens=access_file), monotonic=ticking())
     write(access_file, broken)
     assert access_list.current().tokens.keys() == {sha(SHOP_TOKEN), sha(ADMIN_TOKEN)}
     assert access_list.reload_errors == 1
@@ -304,7 +310,7 @@ def test_a_broken_or_wrong_shaped_file_keeps_the_last_good_one(
 
 
 def test_a_deleted_access_file_keeps_the_last_good_one(access_file: Path) -> None:
-    access_list = AccessFile(access_file)
+    access_list = AccessFile(access_file, monotonic=ticking())
     access_file.unlink()
     assert sha(SHOP_TOKEN) in access_list.current().tokens
     assert access_list.reload_errors == 1

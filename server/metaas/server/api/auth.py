@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -120,8 +121,9 @@ def _grants(entry: Any, where: str) -> tuple[frozenset[str] | None, bool]:
 class AccessFile:
     """The access list, reloaded when the file changes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._path = path
+        self._monotonic = monotonic
         self._stamp = self._stat()
         try:
             self._access = parse_access_file(path.read_text())
@@ -131,11 +133,11 @@ class AccessFile:
                 str(path),
                 f"an access file: {_describe(error)}",
             ) from error
-        self._checked = time.monotonic()
+        self._checked = monotonic()
         self.reload_errors = 0
 
     def current(self) -> _AccessList:
-        now = time.monotonic()
+        now = self._monotonic()
         if now - self._checked >= _RECHECK_S:
             self._checked = now
             stamp = self._stat()
@@ -169,9 +171,15 @@ def _describe(error: Exception) -> str:
 
 
 class Authenticator:
-    def __init__(self, security: SecurityConfig) -> None:
+    def __init__(
+        self, security: SecurityConfig, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``monotonic`` paces the re-reads of the access file (tests pass
+        their own clock)."""
         self._security = security
-        self._access = AccessFile(security.auth_tokens) if security.auth_tokens else None
+        self._access = (
+            AccessFile(security.auth_tokens, monotonic=monotonic) if security.auth_tokens else None
+        )
 
     def authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         """The caller's principal, or RequestError(UNAUTHENTICATED)."""
