@@ -24,7 +24,7 @@ from metaas.server.storage import Storage
 from metaas.server.telemetry import noop
 from metaas.v1 import ingest_pb2
 from tests.conformance.conftest import RETENTION_MS, FixedClock
-from tests.unit.test_pipeline import crash
+from tests.unit.ingest.test_pipeline import crash
 
 MINUTE = 60_000
 HOUR = 3_600_000

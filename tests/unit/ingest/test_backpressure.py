@@ -24,7 +24,7 @@ from metaas.server.sketch import Distribution
 from metaas.server.storage import Storage, StorageContext, open_storage
 from metaas.server.telemetry import noop
 from tests.conformance.conftest import RETENTION_MS, FixedClock
-from tests.unit.test_pipeline import START, Flaky, stored_count, write
+from tests.unit.ingest.test_pipeline import START, Flaky, stored_count, write
 
 MINUTE = 60_000
 HOUR = 3_600_000

@@ -233,7 +233,7 @@ async def test_problems_describe_a_failing_rotation_until_it_succeeds(
 
 # The log's records: ingest's own format, and the logs earlier releases left.
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "wal"
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "wal"
 RELEASES = sorted(FIXTURES.glob("release-*"))
 NOW = 1_800_000_000_000
 

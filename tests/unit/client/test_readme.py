@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_client_calls import serving
+from tests.unit.client.test_calls import serving
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 

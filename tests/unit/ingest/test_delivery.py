@@ -19,7 +19,7 @@ from metaas.server.ingest.pipeline import IngestPipeline
 from metaas.server.storage import Storage
 from metaas.server.telemetry import Telemetry
 from tests.conformance.conftest import RETENTION_MS, FixedClock
-from tests.unit.test_pipeline import START, stored_count, write
+from tests.unit.ingest.test_pipeline import START, stored_count, write
 
 MINUTE = 60_000
 
