@@ -3,6 +3,8 @@ overrides, and another provider plugged in by configuration."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -63,4 +65,43 @@ def test_flagd_file_fractional_is_sticky_and_overrides_win(tmp_path: Path) -> No
     assert 0.25 < shares[Stage.SHADOW] / len(apps) < 0.35
     flags._stages.clear()  # type: ignore[attr-defined]  # evaluate again, not from the cache
     assert {app: flags.stage(app) for app in apps} == first  # sticky per app
-    assert flags.check_ratio("any") == 1.0  # clamped to 0..1
+    assert flags.check_ratio("any") == 0.0  # out of range: refused, not clamped to 1
+
+
+def test_a_ratio_out_of_range_keeps_the_last_good_one(tmp_path: Path) -> None:
+    path = tmp_path / "flags.json"
+
+    def write(ratio: float) -> None:
+        path.write_text(
+            json.dumps(
+                {
+                    "flags": {
+                        "migration-stage": {
+                            "state": "ENABLED",
+                            "defaultVariant": "s",
+                            "variants": {"s": "shadow"},
+                        },
+                        "migration-check-ratio": {
+                            "state": "ENABLED",
+                            "defaultVariant": "r",
+                            "variants": {"r": ratio},
+                        },
+                    }
+                }
+            )
+        )
+
+    write(0.25)
+    flags = open_flags(path, None, noop())
+    assert flags.check_ratio("shop") == 0.25
+    write(1.5)
+    deadline = time.monotonic() + 10
+    seen = []
+    while time.monotonic() < deadline:
+        flags._ratios.clear()  # type: ignore[attr-defined]  # evaluate again, not from the cache
+        seen.append(flags._client.get_float_value("migration-check-ratio", -1.0))  # type: ignore[attr-defined]
+        if seen[-1] == 1.5:
+            break
+        time.sleep(0.1)
+    assert seen[-1] == 1.5, "the provider did not reload the file"
+    assert flags.check_ratio("shop") == 0.25  # the last good ratio, not 1.0

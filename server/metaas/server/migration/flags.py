@@ -84,6 +84,7 @@ class OpenFeatureFlags:
         self._stages: dict[str, tuple[float, Stage]] = {}
         self._ratios: dict[str, tuple[float, float]] = {}
         self._last_good: dict[str, Stage] = {}
+        self._last_good_ratio: dict[str, float] = {}
         self._errors = telemetry.meter.create_counter(
             "metaas.flags.errors", unit="{error}", description="Rejected flag files or values"
         )
@@ -119,7 +120,21 @@ class OpenFeatureFlags:
         if cached is not None and now - cached[0] < self._cache_s:
             return cached[1]
         context = EvaluationContext(targeting_key=app, attributes={"app": app})
-        ratio = min(1.0, max(0.0, self._client.get_float_value(RATIO_FLAG, 0.0, context)))
+        value = self._client.get_float_value(RATIO_FLAG, 0.0, context)
+        ratio = value
+        if not 0.0 <= value <= 1.0:  # also NaN
+            # As for a stage: a ratio out of range is a typo, never clamped
+            # into a guess; the app keeps its last good one (none: no checks).
+            ratio = self._last_good_ratio.get(app, 0.0)
+            self._errors.add(1, {"flag": RATIO_FLAG})
+            log.error(
+                "flag %s is %r for app %s: not a ratio from 0 to 1; keeping %s",
+                RATIO_FLAG,
+                value,
+                app,
+                ratio,
+            )
+        self._last_good_ratio[app] = ratio
         self._ratios[app] = (now, ratio)
         return ratio
 
