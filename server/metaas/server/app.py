@@ -21,7 +21,7 @@ from metaas.server.api import (
 )
 from metaas.server.clock import Clock, SystemClock
 from metaas.server.config import Settings
-from metaas.server.ingest.pipeline import IngestPipeline
+from metaas.server.ingest import IngestPipeline
 from metaas.server.migration import (
     Guard,
     LoopShadow,

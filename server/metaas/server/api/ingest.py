@@ -14,9 +14,7 @@ from metaas.server.api.rpc import Call, Rpcs, RpcServicer, unary
 from metaas.server.api.validation import validate_write
 from metaas.server.clock import Clock
 from metaas.server.config import LimitsConfig
-from metaas.server.ingest.idempotency import KeyReused, KeysFull
-from metaas.server.ingest.pipeline import IngestPipeline, Overloaded
-from metaas.server.ingest.wal import WalError
+from metaas.server.ingest import IngestPipeline, KeyReused, KeysFull, Overloaded, WalError
 from metaas.v1 import ingest_pb2, ingest_pb2_grpc
 
 SERVICE = "metaas.v1.MetricsIngest"

@@ -30,8 +30,7 @@ from google.protobuf.message import DecodeError
 
 from metaas.server.api.admission import RETRY_AFTER_S, Admission
 from metaas.server.api.errors import RequestError, abort
-from metaas.server.ingest.idempotency import fingerprint
-from metaas.server.ingest.records import SeriesBatch, WriteBatch
+from metaas.server.ingest import SeriesBatch, WriteBatch, fingerprint
 from metaas.server.model import SeriesKey
 from metaas.v1 import ingest_pb2
 

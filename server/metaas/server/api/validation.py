@@ -19,7 +19,7 @@ import numpy.typing as npt
 from metaas.server.api.errors import RequestError
 from metaas.server.api.intake import batches_from_request
 from metaas.server.config import LimitsConfig
-from metaas.server.ingest.records import SeriesBatch
+from metaas.server.ingest import SeriesBatch
 from metaas.server.model import MINUTE_MS, Labels
 from metaas.server.query import DEFAULT_STATS, RangeQuery, Stat, parse_stat
 from metaas.server.query.stats import ACCEPTED

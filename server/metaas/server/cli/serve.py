@@ -34,7 +34,7 @@ def serve(**values: Any) -> None:
         telemetry = from_environment()
     from metaas.server.api.server import AddressInUse
     from metaas.server.app import serve as run
-    from metaas.server.ingest.wal import WalLocked
+    from metaas.server.ingest import WalLocked
 
     with setting_errors(), storage_errors():
         try:
