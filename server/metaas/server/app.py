@@ -8,7 +8,8 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from urllib.parse import urlsplit
 
 from metaas.server.api import (
     Admission,
@@ -20,7 +21,7 @@ from metaas.server.api import (
     Rpcs,
 )
 from metaas.server.clock import Clock, SystemClock
-from metaas.server.config import Settings
+from metaas.server.config import ConfigError, MigrationConfig, Settings, setting_of
 from metaas.server.ingest import IngestPipeline
 from metaas.server.migration import (
     Guard,
@@ -37,10 +38,12 @@ from metaas.server.migration import (
     setup_of,
 )
 from metaas.server.query import QueryEngine
-from metaas.server.storage import Storage, StorageContext, open_storage
+from metaas.server.storage import Storage, StorageContext, StorageError, open_storage
 from metaas.server.telemetry import Telemetry
 
 log = logging.getLogger("metaas.server")
+_STORAGE = setting_of(Settings, "storage_url")
+_TARGET = setting_of(MigrationConfig, "target_url")
 
 
 @contextlib.asynccontextmanager
@@ -54,13 +57,45 @@ async def _backends(
     opened: dict[Role, Storage] = {}
     try:
         for role, url in urls.items():
-            opened[role] = await open_storage(
-                url, context, role=role.value, on_call=window.record_call
-            )
+            with _named_by(role):
+                opened[role] = await open_storage(
+                    url, context, role=role.value, on_call=window.record_call
+                )
         yield opened
     finally:
         for storage in opened.values():
             await storage.close()
+
+
+@contextlib.contextmanager
+def _named_by(role: Role) -> Iterator[None]:
+    """A backend that cannot be opened names the setting of its URL: that of
+    --storage, the only one schema apply and the rebuilds take; the new
+    backend's errors name --migration-target instead."""
+    try:
+        yield
+    except (ConfigError, StorageError) as error:
+        if role is Role.NEW:
+            old, new = _STORAGE.label, _TARGET.label
+            error.args = tuple(a.replace(old, new) if isinstance(a, str) else a for a in error.args)
+        raise
+
+
+def _where(url: str) -> str:
+    """Where a storage URL points: a file, hosts and keyspace, or a table;
+    never credentials. Only the backend of ``url`` is imported (it is open)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        from metaas.server.storage.sqlite import SqliteConfig
+
+        return SqliteConfig.from_url(url).describe()
+    if scheme == "cassandra":
+        from metaas.server.storage.cassandra import CassandraConfig
+
+        return CassandraConfig.from_url(url).describe()
+    from metaas.server.storage.dynamodb import DynamoConfig
+
+    return DynamoConfig.from_url(url).describe()
 
 
 @contextlib.asynccontextmanager
@@ -232,12 +267,13 @@ async def _serve_api(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    target = settings.migration.target_url
     log.info(
         "metaas serving on %s (port %d), storage %s%s, writer %s",
         settings.server.listen,
         api.port,
-        routing.backend_name(Role.OLD),
-        f", migrating to {routing.backend_name(Role.NEW)}" if routing.enabled else "",
+        _where(settings.storage_url),
+        f", migrating to {_where(target)}" if target is not None else "",
         pipeline.generation,
     )
     if on_ready is not None:

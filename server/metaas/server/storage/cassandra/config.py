@@ -104,6 +104,14 @@ class CassandraConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
 
+    def describe(self) -> str:
+        """Where the cluster and keyspace are (for the start-up log); never the
+        credentials."""
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.hosts)
+        return f"cassandra {hosts}/{self.keyspace}" + (
+            f" (dc {self.local_dc})" if self.local_dc else ""
+        )
+
     @property
     def apply_schema_on_open(self) -> bool:
         return self.schema == "auto"

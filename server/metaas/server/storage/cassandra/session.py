@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -28,6 +30,7 @@ from cassandra import (
     RequestExecutionException,
     RequestValidationException,
     Unauthorized,
+    UnresolvableContactPoints,
     WriteTimeout,
 )
 from cassandra import Unavailable as DriverUnavailable
@@ -56,6 +59,7 @@ from cassandra.protocol import (
 from cassandra.protocol import RequestValidationException as RequestValidationMessage
 from cassandra.query import tuple_factory
 
+from metaas.server.config import Settings, setting_of
 from metaas.server.storage.cassandra.config import CassandraConfig
 from metaas.server.storage.errors import Invalid, StorageError, Throttled, Translator, Unavailable
 
@@ -69,6 +73,8 @@ _READ_PROFILE: Final = "metaas-read"
 # Driver-level retries per request; the flusher retries whole flushes with
 # backoff on top, so one quick retry on another coordinator is enough here.
 _RETRIES: Final = 1
+# The URL's setting; the migration target's errors are named by app.py.
+_STORAGE: Final = setting_of(Settings, "storage_url").label
 
 Row = tuple[Any, ...]
 
@@ -103,8 +109,12 @@ class CqlSession:
 
     def _connect_sync(self) -> None:
         config = self._config
-        self._cluster = self._cluster_of(config)
-        session = self._cluster.connect()
+        with _driver_logs_held():
+            try:
+                self._cluster = self._cluster_of(config)
+                session = self._cluster.connect()
+            except (UnresolvableContactPoints, NoHostAvailable) as error:
+                raise _not_reached(config, error) from error
         session.default_fetch_size = config.fetch_size
         self._session = session
 
@@ -227,6 +237,85 @@ class CqlSession:
         if self._session is None:
             raise Unavailable("cassandra session is not open", backend=NAME)
         return self._session
+
+
+class _Held(logging.Filter):
+    """Keeps the records it sees from being logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
+@contextlib.contextmanager
+def _driver_logs_held() -> Iterator[None]:
+    """Hold the driver's log records while connecting. It logs each failed
+    attempt with a traceback, then the failure again: when no host answers,
+    the one error raised says it all, so they are dropped; once connected,
+    they are logged as usual (a host down among others is worth a warning)."""
+    held = _Held()
+    names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] == "cassandra"]
+    loggers = [logging.getLogger(name) for name in names]
+    for logger in loggers:
+        logger.addFilter(held)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(held)
+    for record in held.records:
+        logging.getLogger(record.name).handle(record)
+
+
+def _not_reached(config: CassandraConfig, error: Exception) -> Unavailable:
+    """One line naming the hosts that did not answer, and why, and the setting
+    that names them."""
+    unresolved = [name for name, _ in config.hosts if not _resolves(name)]
+    if isinstance(error, UnresolvableContactPoints) or len(unresolved) == len(config.hosts):
+        names = unresolved or [name for name, _ in config.hosts]
+        hosts, do = ("hosts", "do") if len(names) > 1 else ("host", "does")
+        return Unavailable(
+            f"Cassandra {hosts} {', '.join(names)} {do} not resolve to an address: check the "
+            f"host names in {_STORAGE} (cassandra://host[:port][,host[:port]]/keyspace)",
+            backend=NAME,
+        )
+    causes: dict[str, object] = dict(getattr(error, "errors", None) or {})
+    reasons = [f"{host} ({_reason(cause)})" for host, cause in causes.items()]
+    reasons += [f"{name} (does not resolve to an address)" for name in unresolved]
+    return Unavailable(
+        f"Cassandra did not answer at {', '.join(reasons) or 'any host'}: check that it is "
+        f"running there and that {_STORAGE} names its hosts and native port "
+        "(9042 by default)",
+        backend=NAME,
+    )
+
+
+def _resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return True
+
+
+def _reason(cause: object) -> str:
+    """Why one host did not answer, briefly."""
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, (OperationTimedOut, TimeoutError)):
+        return "timed out"
+    if isinstance(cause, AuthenticationFailed):
+        return (
+            "authentication failed: check the URL's user:password or "
+            "METAAS_CASSANDRA_USERNAME and METAAS_CASSANDRA_PASSWORD"
+        )
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.rpartition("Last error: ")[2]
+    return f"{type(cause).__name__}: {cause}"
 
 
 class _PageStream:

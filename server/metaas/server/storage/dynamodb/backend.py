@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import aioboto3
 from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
 from botocore.exceptions import NoRegionError
 
 from metaas.server.config import ConfigError
@@ -97,10 +98,12 @@ class DynamoStorage:
         """Create the client; unless ``check_table`` is False, fail fast when
         the table is missing or has other keys."""
         config = self._config
+        core = get_session()
+        session = aioboto3.Session(botocore_session=core)
         try:
             try:
                 client = await self._stack.enter_async_context(
-                    aioboto3.Session().client(
+                    session.client(
                         "dynamodb",
                         endpoint_url=config.endpoint,
                         region_name=config.region,
@@ -111,6 +114,10 @@ class DynamoStorage:
                 raise ConfigError(
                     "dynamodb region", None, "?region= in the storage URL, or AWS_REGION"
                 ) from None
+            # The SDK finds no credentials only at the first request, and then
+            # says "Unable to locate credentials" without saying where to set them.
+            if await core.get_credentials() is None:
+                raise config.missing_credentials()
             if check_table:
                 with translated:
                     keys = await schema.describe_keys(client, config.table)

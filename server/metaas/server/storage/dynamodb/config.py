@@ -16,11 +16,13 @@ from dataclasses import dataclass, fields
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
-from metaas.server.config import ConfigError
+from metaas.server.config import ConfigError, Settings, setting_of
 
 _TABLE: Final = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 _REGION: Final = re.compile(r"[a-z]{2}(-[a-z0-9]+)+")
 _RETRY_MODES: Final = ("standard", "adaptive", "legacy")
+# The URL's setting; the migration target's errors are named by app.py.
+_STORAGE: Final = setting_of(Settings, "storage_url").label
 _BOOLEANS: Final = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -90,6 +92,22 @@ class DynamoConfig:
             )
         values: dict[str, Any] = {name: parsers[name](name, text) for name, text in options.items()}
         return cls(table=parts.netloc, **values)
+
+    def describe(self) -> str:
+        """The table and where it is (for the start-up log and errors)."""
+        where = f" at {self.endpoint}" if self.endpoint else ""
+        return f"dynamodb table {self.table}{where}" + (f" ({self.region})" if self.region else "")
+
+    def missing_credentials(self) -> ConfigError:
+        """The error for no credentials in the standard chain: which variables
+        to set (an emulator takes any values)."""
+        emulator = " (any values: the emulator does not check them)" if self.endpoint else ""
+        return ConfigError(
+            f"{_STORAGE}: AWS credentials for the {self.describe()}",
+            "none found",
+            f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment{emulator}, "
+            "or AWS_PROFILE, or a role of the container or instance",
+        )
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments of ``aiobotocore.config.AioConfig``."""
