@@ -1,4 +1,5 @@
-"""The ``metaas`` command: serve, schema, rollups, views, write, query, demo, migration."""
+"""The ``metaas`` command: serve, schema, rollups, views, write, query, series, demo,
+migration."""
 
 from metaas.server.cli.main import main
 

@@ -1,48 +1,61 @@
-"""``metaas query``: a range query printed as a table or JSON."""
+"""``metaas query``: a range query printed as a table, CSV, TSV or JSON."""
 
 from __future__ import annotations
 
 import json
-import math
 import time
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from metaas.client import DEFAULT_STATS, MetaasError
+from metaas.client import DEFAULT_STATS, Client, MetaasError, QueryResult
 from metaas.server.cli._client import Connection, client_options
-from metaas.server.cli._params import DURATION, LABEL_PAIR, TIMESTAMP
+from metaas.server.cli._output import Column, Frame, Kind, emit, json_number, output_option
+from metaas.server.cli._params import (
+    LABEL_PAIR,
+    STEP,
+    Command,
+    Range,
+    format_duration,
+    list_option,
+    range_options,
+    resolve_range,
+)
+
+FLUSH_HINT = (
+    "samples become queryable within the server's flush interval "
+    "(--flush-interval-s, 10 s by default) after they are written"
+)
 
 
-@click.command()
+@click.command(cls=Command)
 @client_options
-@click.option("--app", required=True)
-@click.option("--metric", required=True)
-@click.option(
-    "--since",
-    type=DURATION,
-    default="1h",
-    help="Range ending now, e.g. 30m, 6h, 7d; its start is rounded down to a multiple of --step.",
-)
-@click.option(
-    "--start", type=TIMESTAMP, help="Range start (ISO 8601 or Unix ms); overrides --since."
-)
-@click.option("--end", type=TIMESTAMP, help="Range end, exclusive (default: now).")
-@click.option(
-    "--step", type=DURATION, default="1m", help="Bucket width, a whole number of minutes."
-)
-@click.option(
+@click.option("--app", required=True, help="The app whose data to read.")
+@click.option("--metric", required=True, help="The metric, e.g. router.latency_ms.")
+@range_options("1h", "its start is rounded down to a multiple of --step when --start is not given")
+@click.option("--step", type=STEP, default="1m", help=f"Bucket width: {STEP.ACCEPTED}.")
+@list_option(
     "--stats",
-    default=",".join(DEFAULT_STATS),
-    help="Comma-separated: count sum min max mean p50 p90 p95 p99 p999 q<fraction>.",
+    item=click.STRING,
+    metavar="STAT",
+    help="Stats, in this order: count sum min max mean p50 p90 p95 p99 p999 or q<fraction> "
+    "such as q0.75.",
+    default_text=",".join(DEFAULT_STATS),
 )
-@click.option(
-    "--match", "matchers", type=LABEL_PAIR, multiple=True, help="Label filter name=value."
+@list_option(
+    "--match",
+    "matchers",
+    item=LABEL_PAIR,
+    metavar="NAME=VALUE",
+    help="Only series whose label NAME is VALUE (exact).",
 )
-@click.option("--group-by", multiple=True, help="Label to group by (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@list_option(
+    "--group-by",
+    item=click.STRING,
+    metavar="LABEL",
+    help="One result per value of LABEL (one column each).",
+)
+@output_option
 def query(
     connection: Connection,
     app: str,
@@ -51,74 +64,109 @@ def query(
     start: int | None,
     end: int | None,
     step: int,
-    stats: str,
+    stats: tuple[str, ...],
     matchers: tuple[tuple[str, str], ...],
     group_by: tuple[str, ...],
-    as_json: bool,
+    output: str,
 ) -> None:
-    """Query per-step statistics of a metric."""
-    end_ms = end if end is not None else time.time_ns() // 1_000_000
-    start_ms = start if start is not None else end_ms - since
+    """Per-step statistics of a metric, over one range.
+
+    \b
+    Examples:
+      metaas query --app shop --metric router.latency_ms --since 30m --step 5m \\
+          --stats count,p50,p99 --group-by status,dyno
+      metaas query --app shop --metric router.latency_ms --start now-2h --end now-1h -o csv
+
+    An empty answer prints nothing (exit status 0) and says on stderr what
+    the app has, and that samples become queryable within the server's flush
+    interval (10 s by default) after they are written.
+    """
     # Buckets on multiples of the step, as a dashboard aligns them: they read
     # better, and whole-hour steps are then answered from hourly rollups.
-    aligned = start is None and step > 0 and step % 60_000 == 0
-    start_ms -= start_ms % (step if aligned else 60_000)
-    names = [s.strip() for s in stats.split(",") if s.strip()]
-    try:
-        with connection.open() as client:
-            result = client.query_range(
-                app,
-                metric,
-                start_ms,
-                end_ms,
-                step_ms=step,
-                stats=names,
-                matchers=dict(matchers),
-                group_by=group_by,
-            )
-    except MetaasError as error:
-        for violation in error.violations:
-            click.echo(f"  {violation.field}: {violation.description}", err=True)
-        raise click.ClickException(str(error)) from error
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "served_by": result.served_by,
-                    "series": [
-                        {
-                            "labels": dict(s.labels),
-                            "times_ms": list(s.times_ms),
-                            "stats": {k: [_json_number(x) for x in v] for k, v in s.stats.items()},
-                        }
-                        for s in result.series
-                    ],
-                },
-                indent=2,
-            )
+    span = resolve_range(since, start, end, time.time_ns() // 1_000_000, align_ms=step)
+    with connection.calls(), connection.open() as client:
+        result = client.query_range(
+            app,
+            metric,
+            span.start_ms,
+            span.end_ms,
+            step=step,
+            stats=stats or DEFAULT_STATS,
+            matchers=dict(matchers),
+            group_by=group_by,
         )
-        return
-    console = Console()
-    if not result.series:
-        console.print(f"no data (served by {result.served_by})")
-        return
+        hint = "" if result.series else no_data_hint(client, app, metric, dict(matchers), span)
+    if output == "json":
+        click.echo(json.dumps(as_json(result), indent=2))
+    elif result.series or output != "table":
+        title = (
+            f"{app} {metric}, step {format_duration(step)}, {{date}}UTC, "
+            f"served by {result.served_by}"
+        )
+        emit(frame_of(result, group_by), output, title)
+    if hint:
+        click.echo(f"no data (served by {result.served_by})", err=True)
+        click.echo(f"hint: {hint}", err=True)
+
+
+def frame_of(result: QueryResult, group_by: Sequence[str]) -> Frame:
+    """One row per bucket of each group: its time, a column per group-by
+    label, then a column per stat."""
+    names = list(result.series[0].stats) if result.series else []
+    times: list[int] = []
+    labels: dict[str, list[str]] = {label: [] for label in group_by}
+    values: dict[str, list[int | float]] = {name: [] for name in names}
     for series in result.series:
-        title = ", ".join(f"{k}={v}" for k, v in series.labels.items()) or f"{app} {metric}"
-        table = Table(title=title, caption=f"served by {result.served_by}")
-        table.add_column("time (UTC)")
-        for name in series.stats:
-            table.add_column(name, justify="right")
-        for t, row in series.rows():
-            stamp = datetime.fromtimestamp(t / 1000, UTC).strftime("%Y-%m-%d %H:%M")
-            table.add_row(stamp, *(_format(v) for v in row.values()))
-        console.print(table)
+        times.extend(series.times_ms)
+        for label, texts in labels.items():
+            texts.extend([series.labels.get(label, "")] * len(series.times_ms))
+        for name, numbers in values.items():
+            numbers.extend(series.stats[name])
+    return Frame(
+        [
+            Column("time", Kind.TIME, times),
+            *(Column(label, Kind.TEXT, cells) for label, cells in labels.items()),
+            *(Column(name, Kind.NUMBER, cells) for name, cells in values.items()),
+        ],
+        keys=1 + len(group_by),
+    )
 
 
-def _format(value: float) -> str:
-    if math.isnan(value):
-        return "-"
-    return f"{value:.6g}"
+def as_json(result: QueryResult) -> dict[str, object]:
+    return {
+        "served_by": result.served_by,
+        "series": [
+            {
+                "labels": dict(s.labels),
+                "times_ms": list(s.times_ms),
+                "stats": {k: [json_number(x) for x in v] for k, v in s.stats.items()},
+            }
+            for s in result.series
+        ],
+    }
 
 
-def _json_number(value: float) -> float | None:
-    return None if math.isnan(value) else value
+def no_data_hint(
+    client: Client, app: str, metric: str, matchers: Mapping[str, str], span: Range
+) -> str:
+    """Why a query may have found nothing: the app has no data in the range,
+    or not this metric, or no series the matchers select."""
+    try:
+        listed = client.list_series(app, span.start_ms, span.end_ms)
+    except MetaasError:
+        return f"{FLUSH_HINT}; `metaas series --app {app}` lists its metrics"
+    if not listed.series:
+        return f"{app} has no data {span}: check the app's name; {FLUSH_HINT}"
+    if metric not in listed.metrics:
+        shown = ", ".join(listed.metrics[:5]) + (", ..." if len(listed.metrics) > 5 else "")
+        return (
+            f"{app} has no metric {metric!r} {span}, it has {shown}: "
+            f"`metaas series --app {app}` lists them with their labels; {FLUSH_HINT}"
+        )
+    if matchers:
+        selected = ",".join(f"{k}={v}" for k, v in matchers.items())
+        return (
+            f"no series of {metric} has --match {selected}: `metaas series --app {app} "
+            f"--metric {metric}` lists its labels; {FLUSH_HINT}"
+        )
+    return FLUSH_HINT
