@@ -14,20 +14,12 @@ from metaas.server.sketch import (
     RELATIVE_ACCURACY,
     Distribution,
     Sketch,
+    compact,
     from_samples_by_minute,
-    histogram,
 )
-from metaas.server.sketch.histogram import (
-    _HEADER,
-    _STORE,
-    BASE,
-    MAX_BUCKETS,
-    SCALE,
-    _Store,
-    bucket_indices,
-    bucket_value,
-    sketches_of_groups,
-)
+from metaas.server.sketch.mapping import BASE, SCALE, bucket_indices, bucket_value
+from metaas.server.sketch.sketch import _HEADER, _STORE, sketches_of_groups
+from metaas.server.sketch.store import MAX_BUCKETS, Store, narrowest_count_dtype
 
 # A ratio of 1e9 from lowest to highest, within a store's range (about 4.2e9,
 # MAX_BUCKETS), so nothing is collapsed and every quantile is within accuracy.
@@ -111,7 +103,7 @@ wide = st.one_of(st.just(0.0), wide_positive, wide_positive.map(lambda v: -v))
 KEPT_RATIO = BASE ** (MAX_BUCKETS - 1)
 
 
-def _stores(sketch: Sketch) -> list[_Store]:
+def _stores(sketch: Sketch) -> list[Store]:
     return [sketch._positive, sketch._negative]
 
 
@@ -243,14 +235,14 @@ def test_wide_sketches_stay_within_max_buckets_and_bounded_bytes(
             assert store.counts.size <= MAX_BUCKETS
             # Counts take the narrowest type that holds their sum.
             assert store.total == int(store.counts.sum())
-            assert store.counts.dtype == histogram._narrowest(store.total)
+            assert store.counts.dtype == narrowest_count_dtype(store.total)
         assert len(sketch.to_bytes()) <= most
 
 
 def test_rows_written_under_the_older_wider_limit_are_collapsed_when_read() -> None:
     # 120 doublings: 7,680 buckets, which the former limit of 8,192 kept.
     values = 2.0 ** np.linspace(-60.0, 60.0, 500)
-    with patch.object(histogram, "MAX_BUCKETS", 128 << SCALE):
+    with patch("metaas.server.sketch.store.MAX_BUCKETS", 128 << SCALE):
         stored = Sketch.from_values(values).to_bytes()
     decoded = Sketch.from_bytes(stored)
     assert decoded._positive.counts.size == MAX_BUCKETS
@@ -403,7 +395,7 @@ def test_by_bucket_folds_extreme_ranges_without_allocating_them() -> None:
     import tracemalloc
 
     from metaas.server.sketch.distribution import by_bucket
-    from metaas.server.sketch.histogram import MAX_BUCKETS
+    from metaas.server.sketch.store import MAX_BUCKETS
 
     series = 300
     times = [np.array([0, 1, 2], np.int64)] * series
@@ -524,11 +516,11 @@ def test_stores_decoded_together_stay_independent() -> None:
 def test_a_store_spanning_too_many_buckets_is_refused_alone_or_in_a_batch() -> None:
     """A damaged sparse store whose gaps add up past the decoding bound
     raises ValueError instead of allocating it, decoded alone or together."""
-    out = bytearray((2, histogram.COMPACT_POSITIVE))
-    histogram.write_uvarint(out, 5000)
+    out = bytearray((2, compact.COMPACT_POSITIVE))
+    compact.write_uvarint(out, 5000)
     out += struct.pack("<ddd", 5000.0, 1.0, 2.0)
-    histogram.write_uvarint(out, 0)  # offset 0, zigzag
-    histogram.write_uvarint(out, 5000)  # pairs
+    compact.write_uvarint(out, 0)  # offset 0, zigzag
+    compact.write_uvarint(out, 5000)  # pairs
     out.append(0x11)
     out += bytes((0xFF, 1)) * 5000  # 5000 gaps of 255 buckets
     for decode in (

@@ -23,7 +23,8 @@ from metaas.server.ingest.records import SeriesBatch
 from metaas.server.model import Resolution, SeriesKey, views_of
 from metaas.server.sketch import Distribution
 from metaas.server.sketch.distribution import by_bucket
-from metaas.server.sketch.histogram import MAX_BUCKETS, SCALE
+from metaas.server.sketch.mapping import SCALE
+from metaas.server.sketch.store import MAX_BUCKETS
 
 _MINUTE: Final = Resolution.MINUTE
 _HOUR: Final = Resolution.HOUR

@@ -21,7 +21,7 @@ from typing import Final
 import numpy as np
 
 from metaas.server.model import SeriesKey
-from metaas.server.sketch.histogram import FloatArray, Int64Array
+from metaas.server.sketch.mapping import FloatArray, Int64Array
 
 _VARINT: Final = 0
 _FIXED64: Final = 1

@@ -55,7 +55,7 @@ import numpy as np
 
 from metaas.server.ingest import legacy
 from metaas.server.model import SeriesKey
-from metaas.server.sketch.histogram import FloatArray, Int64Array
+from metaas.server.sketch.mapping import FloatArray, Int64Array
 
 VERSION: Final = 2
 _VERSION_BYTE: Final = bytes((VERSION,))

@@ -9,15 +9,17 @@ from typing import Final
 import numpy as np
 
 from metaas.server.model import MINUTE_MS
-from metaas.server.sketch import histogram
-from metaas.server.sketch.histogram import FloatArray, Int64Array, Sketch
+from metaas.server.sketch import compact
+from metaas.server.sketch.mapping import FloatArray, Int64Array
+from metaas.server.sketch.sketch import Sketch, sketches_of_groups
+from metaas.server.sketch.sketch import quantiles_of_many as quantiles_of_many_sketches
 
 # Encoding 1: version, count, sum, min, max, then the sketch's own version 1.
 _HEADER = struct.Struct("<Bqddd")
 _VERSION_1: Final = 1
 # Encoding 2 (written since storage schema 4 on SQLite): version, the
 # sketch's flags, count as a varint, sum, min and max, then the sketch in its
-# compact encoding (histogram.write_compact). Both are read.
+# compact encoding (compact.write_compact). Both are read.
 _VERSION_2: Final = 2
 _STATS = struct.Struct("<ddd")
 ENCODING_VERSION: Final = _VERSION_2
@@ -114,10 +116,10 @@ class Distribution:
 
     def to_bytes(self) -> bytes:
         """Encoding 2 (see ENCODING_VERSION)."""
-        out = bytearray((_VERSION_2, histogram.compact_flags(self.sketch)))
-        histogram.write_uvarint(out, self.count)
+        out = bytearray((_VERSION_2, compact.compact_flags(self.sketch)))
+        compact.write_uvarint(out, self.count)
         out += _STATS.pack(self.sum, self.min, self.max)
-        histogram.write_compact(self.sketch, out)
+        compact.write_compact(self.sketch, out)
         return bytes(out)
 
     def to_bytes_v1(self) -> bytes:
@@ -131,15 +133,15 @@ class Distribution:
     @classmethod
     def many_from_bytes(cls, items: list[tuple[bytes, int]]) -> list[Distribution]:
         """``from_bytes`` of each ``(data, offset)``, the counts of their small
-        sparse stores placed in one pass (``histogram.SparseBatch``)."""
-        batch = histogram.SparseBatch()
+        sparse stores placed in one pass (``compact.SparseBatch``)."""
+        batch = compact.SparseBatch()
         decoded = [cls.from_bytes(data, offset, batch) for data, offset in items]
         batch.place()
         return decoded
 
     @classmethod
     def from_bytes(
-        cls, data: bytes, offset: int = 0, batch: histogram.SparseBatch | None = None
+        cls, data: bytes, offset: int = 0, batch: compact.SparseBatch | None = None
     ) -> Distribution:
         """The distribution encoded in ``data`` from ``offset`` to its end, in
         either encoding. Raises ValueError on anything else. With ``batch``,
@@ -150,9 +152,9 @@ class Distribution:
                 if data[offset + 2] < 0x80:  # a count below 128: one byte
                     count, position = data[offset + 2], offset + 3
                 else:
-                    count, position = histogram.read_uvarint(data, offset + 2)
+                    count, position = compact.read_uvarint(data, offset + 2)
                 total, minimum, maximum = _STATS.unpack_from(data, position)
-                sketch, end = histogram.read_compact(
+                sketch, end = compact.read_compact(
                     data, position + _STATS.size, data[offset + 1], batch
                 )
                 if end != len(data):
@@ -216,7 +218,7 @@ def by_bucket(
     sums = np.add.reduceat(samples, starts).tolist()
     mins = np.minimum.reduceat(samples, starts).tolist()
     maxs = np.maximum.reduceat(samples, starts).tolist()
-    sketches = histogram.sketches_of_groups(samples, starts)
+    sketches = sketches_of_groups(samples, starts)
     return [
         (part, bucket, Distribution(count, total, low, high, sketch))
         for part, bucket, count, total, low, high, sketch in zip(
@@ -234,7 +236,7 @@ def by_bucket(
 
 def quantiles_of_many(distributions: list[Distribution], fractions: list[float]) -> FloatArray:
     """``Distribution.quantiles`` of each distribution, as rows, in one pass."""
-    estimates = histogram.quantiles_of_many([d.sketch for d in distributions], fractions)
+    estimates = quantiles_of_many_sketches([d.sketch for d in distributions], fractions)
     minimum = np.array([d.min for d in distributions])[:, None]
     maximum = np.array([d.max for d in distributions])[:, None]
     q = np.array(fractions, np.float64)[None, :]
