@@ -1,22 +1,270 @@
-"""A self-contained HTML page about a migration: per-backend latency
-percentiles over time, error and consistency rates, mismatch samples. Charts
-are inline SVG drawn from GetMigrationStatus history; no scripts, no network."""
+"""A self-contained HTML page about a migration: each app's stage, a hint
+when the new backend lacks history, per-backend latency percentiles over
+time, error and consistency rates, and recent mismatches grouped by app,
+metric and kind of difference. Charts are inline SVG drawn from
+GetMigrationStatus history; no scripts, no network.
+
+The readings of a status that ``metaas migration status`` prints too (the
+apps a flag file names, mismatches grouped, repair hints) live here, so the
+page and the terminal say the same thing."""
 
 from __future__ import annotations
 
 import html
+import json
+import math
+import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
+from metaas.server.migration.flags import RATIO_FLAG, STAGE_FLAG
+from metaas.server.migration.stages import PLANS, Role, Stage, parse_stage
 from metaas.v1 import migration_pb2
 
 _WIDTH, _HEIGHT, _PAD = 720, 220, 44
 _COLORS = {"old": "#d9822b", "new": "#2b7bd9"}
 _DASH = {"p50": "", "p95": "6 3", "p99": "2 3"}
+ALL_SERIES: Final = "(all series)"
+# What a repair hint suggests: the default retention, the history dual writes lack.
+REPAIR_SINCE: Final = "30d"
 
 
-def render(status: migration_pb2.GetMigrationStatusResponse, *, generated_at: datetime) -> str:
+@dataclass(frozen=True, slots=True)
+class AppStage:
+    """One app's stage and check ratio, as the server evaluates its flags."""
+
+    app: str
+    stage: str
+    check_ratio: float
+
+    @classmethod
+    def of(cls, status: migration_pb2.GetMigrationStatusResponse) -> AppStage:
+        """From a status asked for one app."""
+        return cls(status.app, status.stage, status.check_ratio)
+
+
+def apps_named(flags: str) -> list[str]:
+    """The apps a flagd flag file names in the targeting of the migration
+    flags (``in`` lists and ``==`` on the ``app`` or ``targetingKey``
+    variable); none when ``flags`` is not such a file (a provider's name)."""
+    document = _flag_document(flags)
+    found: set[str] = set()
+    for name in (STAGE_FLAG, RATIO_FLAG):
+        flag = document.get(name)
+        if isinstance(flag, dict):
+            _collect_apps(flag.get("targeting"), found)
+    return sorted(found)
+
+
+def apps_of(status: migration_pb2.GetMigrationStatusResponse) -> list[str]:
+    """Every app the status mentions: named in the flag file, with a recent
+    mismatch or an active fallback, or asked for."""
+    apps = set(apps_named(status.flags))
+    apps.update(m.app for m in status.recent_mismatches)
+    apps.update(f.app for f in status.fallbacks)
+    if status.app:
+        apps.add(status.app)
+    return sorted(apps)
+
+
+def other_apps_stage(flags: str) -> str | None:
+    """The stage of the apps the flag file does not name: its final ``else``
+    (a variant or a ``fractional`` split), or the default variant; None when
+    ``flags`` is not a flag file."""
+    flag = _flag_document(flags).get(STAGE_FLAG)
+    if not isinstance(flag, dict):
+        return None
+    variants = flag.get("variants")
+    variants = variants if isinstance(variants, dict) else {}
+    targeting = flag.get("targeting")
+    fallback: object = flag.get("defaultVariant")
+    if isinstance(targeting, dict) and isinstance(targeting.get("if"), list):
+        branches = targeting["if"]
+        if len(branches) % 2 == 1:
+            fallback = branches[-1]
+    if isinstance(fallback, dict) and isinstance(fallback.get("fractional"), list):
+        split = [
+            (str(entry[0]), float(entry[1]))
+            for entry in fallback["fractional"]
+            if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], int | float)
+        ]
+        total = sum(weight for _, weight in split) or 1.0
+        return ", ".join(
+            f"{variants.get(name, name)} {100 * weight / total:.0f}%" for name, weight in split
+        )
+    if isinstance(fallback, str):
+        return str(variants.get(fallback, fallback))
+    return None
+
+
+def _flag_document(flags: str) -> dict[str, object]:
+    try:
+        document = json.loads(flags)
+    except ValueError:
+        return {}
+    inner = document.get("flags") if isinstance(document, dict) else None
+    return inner if isinstance(inner, dict) else {}
+
+
+_APP_VARIABLES = ({"var": "app"}, {"var": "targetingKey"})
+
+
+def _collect_apps(rule: object, found: set[str]) -> None:
+    if isinstance(rule, list):
+        for item in rule:
+            _collect_apps(item, found)
+        return
+    if not isinstance(rule, dict):
+        return
+    for operator, operands in rule.items():
+        if isinstance(operands, list) and len(operands) == 2:
+            left, right = operands
+            if operator == "in" and left in _APP_VARIABLES and isinstance(right, list):
+                found.update(app for app in right if isinstance(app, str))
+            elif operator in ("==", "===") and left in _APP_VARIABLES and isinstance(right, str):
+                found.add(right)
+            elif operator in ("==", "===") and right in _APP_VARIABLES and isinstance(left, str):
+                found.add(left)
+        _collect_apps(operands, found)
+
+
+def show_labels(line: str) -> str:
+    """A diff line with the empty label set (the whole metric, every series
+    merged) shown as ``(all series)`` instead of ``{}``."""
+    return ALL_SERIES + line[2:] if line.startswith("{}") else line
+
+
+# compare.py's lines: "{labels} YYYY-MM-DD HH:MM: only in primary" or
+# "{labels} YYYY-MM-DD HH:MM p99: primary=1 shadow=2".
+_DIFF_LINE = re.compile(
+    r"^(?P<labels>\{.*\}) \d{4}-\d\d-\d\d \d\d:\d\d"
+    r"(?::\s*(?P<only>only in (?:primary|shadow))| (?P<stat>\S+): primary=)"
+)
+
+
+def _kind_of(line: str) -> tuple[str, str | None]:
+    """The kind of difference a diff line reports, and its label set."""
+    if line.startswith("shadow failed"):
+        return "shadow read failed", None
+    match = _DIFF_LINE.match(line)
+    if match is None:
+        return "other difference", None
+    kind = match["only"] or f"{match['stat']} differs"
+    labels = match["labels"]
+    return kind, ALL_SERIES if labels == "{}" else labels
+
+
+@dataclass(frozen=True, slots=True)
+class MismatchGroup:
+    """Recent mismatches of one app and metric with the same kinds of
+    difference, counted as one."""
+
+    app: str
+    metric: str
+    kind: str
+    count: int
+    stages: tuple[str, ...]
+    first_ms: int
+    last_ms: int
+    series: tuple[str, ...]
+    example: tuple[str, ...]
+    new_lacks_history: bool
+
+
+def group_mismatches(samples: Iterable[migration_pb2.MismatchSample]) -> list[MismatchGroup]:
+    """Mismatches grouped by (app, metric, kinds of difference), the most
+    frequent first; the example is the newest one's diff."""
+    members: dict[tuple[str, str, str], list[migration_pb2.MismatchSample]] = defaultdict(list)
+    for sample in samples:
+        kinds = [_kind_of(line)[0] for line in sample.diff] or ["no diff recorded"]
+        members[(sample.app, sample.metric, ", ".join(sorted(set(kinds))))].append(sample)
+    groups = []
+    for (app, metric, kind), found in members.items():
+        newest = max(found, key=lambda m: m.at_ms)
+        series = {
+            labels
+            for m in found
+            for labels in (_kind_of(line)[1] for line in m.diff)
+            if labels is not None
+        }
+        groups.append(
+            MismatchGroup(
+                app=app,
+                metric=metric,
+                kind=kind,
+                count=len(found),
+                stages=tuple(sorted({m.stage for m in found})),
+                first_ms=min(m.at_ms for m in found),
+                last_ms=newest.at_ms,
+                series=tuple(sorted(series)),
+                example=tuple(show_labels(line) for line in newest.diff),
+                new_lacks_history=any(_new_lacks(m) for m in found),
+            )
+        )
+    return sorted(groups, key=lambda g: (-g.count, -g.last_ms, g.app, g.metric))
+
+
+def _new_lacks(sample: migration_pb2.MismatchSample) -> bool:
+    """Whether the new backend answered without points the old one has."""
+    stage = parse_stage(sample.stage)
+    plan = PLANS.get(stage) if stage is not None else None
+    if plan is None or plan.shadow is None:
+        return False
+    lacking = "only in primary" if plan.shadow is Role.NEW else "only in shadow"
+    return any(_kind_of(line)[0] == lacking for line in sample.diff)
+
+
+@dataclass(frozen=True, slots=True)
+class RepairHint:
+    """An app whose new backend lacks points the old one has, and what to run."""
+
+    app: str
+    mismatches: int
+    command: str
+    text: str
+
+
+def repair_hints(
+    groups: Iterable[MismatchGroup], stages: Sequence[AppStage] = ()
+) -> list[RepairHint]:
+    """A hint per app whose new backend lacks history: the data stored
+    before dual writes began, which ``verify --repair`` copies over."""
+    lacking: dict[str, int] = defaultdict(int)
+    for group in groups:
+        if group.new_lacks_history:
+            lacking[group.app] += group.count
+    stage_of = {s.app: s.stage for s in stages}
+    hints = []
+    for app, count in sorted(lacking.items()):
+        command = f"metaas migration verify --app {app} --since {REPAIR_SINCE} --repair"
+        text = (
+            f"the new backend lacks history of app {app} ({count} recent "
+            f"mismatch{'es' if count != 1 else ''} with points only on the old backend, "
+            "such as data stored before dual writes began): copy it with"
+        )
+        if parse_stage(stage_of.get(app, "")) in (Stage.LIVE, Stage.RAMPDOWN, Stage.COMPLETE):
+            # verify --repair copies from the side that serves reads.
+            text = (
+                f"{text} (after setting its stage back to shadow: repair copies from the "
+                "backend that serves reads)"
+            )
+        hints.append(RepairHint(app, count, command, text))
+    return hints
+
+
+def render(
+    status: migration_pb2.GetMigrationStatusResponse,
+    *,
+    generated_at: datetime,
+    apps: Sequence[AppStage] = (),
+) -> str:
+    """The page for ``status`` (with its history), and each of ``apps``'
+    stage as the server evaluated it."""
+    if not status.migration_enabled:
+        return _not_configured(status, generated_at)
     history: dict[str, list[migration_pb2.HistoryPoint]] = defaultdict(list)
     for point in status.history:
         history[point.role].append(point)
@@ -32,14 +280,15 @@ def render(status: migration_pb2.GetMigrationStatusResponse, *, generated_at: da
     consistency: list[tuple[int, float]] = []
     for minute, (compared, mismatched) in sorted(_comparisons(status.history).items()):
         consistency.append((minute, 100.0 * (compared - mismatched) / compared))
-    title = f"metaas migration: {status.old_backend} → {status.new_backend or '(none)'}"
+    groups = group_mismatches(status.recent_mismatches)
+    title = f"metaas migration: {status.old_backend} → {status.new_backend}"
     parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
+        *_head(title),
         f"<p class='meta'>Generated {generated_at:%Y-%m-%d %H:%M:%S} UTC · window "
         f"{status.window_seconds}s · {status.comparisons} comparisons, "
         f"{status.mismatches} mismatches</p>",
+        _stage_table(apps, status),
+        _hints(repair_hints(groups, apps)),
         _backend_table(status.backends),
         "<h2>Read latency by backend (ms)</h2>",
         _chart(
@@ -47,6 +296,7 @@ def render(status: migration_pb2.GetMigrationStatusResponse, *, generated_at: da
             unit="ms",
             color_of=lambda name: _COLORS.get(name.split()[0], "#555"),
             dash_of=lambda name: _DASH.get(name.split()[-1], ""),
+            floor=1.0,
         ),
         "<h2>Error rate by backend (%)</h2>",
         _chart(errors, unit="%", color_of=lambda name: _COLORS.get(name, "#555"), floor=1.0),
@@ -55,7 +305,35 @@ def render(status: migration_pb2.GetMigrationStatusResponse, *, generated_at: da
             {"consistent": consistency}, unit="%", color_of=lambda _name: "#2a9d55", fixed_max=100.0
         ),
         _fallbacks(status.fallbacks),
-        _mismatches(status.recent_mismatches),
+        _mismatches(groups, len(status.recent_mismatches)),
+        _ingest_problems(status.ingest_problems),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _head(title: str) -> list[str]:
+    return [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+
+
+def _not_configured(
+    status: migration_pb2.GetMigrationStatusResponse, generated_at: datetime
+) -> str:
+    backend = html.escape(status.old_backend or "its storage")
+    parts = [
+        *_head("metaas migration: not configured"),
+        f"<p class='meta'>Generated {generated_at:%Y-%m-%d %H:%M:%S} UTC</p>",
+        f"<p class='notice'>The migration is not configured: this server reads and writes "
+        f"{backend} only, so there are no stages, comparisons or mismatches to show. To "
+        "start one, serve with <code>--migration-target URL</code> "
+        "(<code>METAAS_MIGRATION_TARGET</code>) and <code>--flags FILE</code> "
+        "(<code>METAAS_FLAGS</code>), then move apps through the stages (README, "
+        "“Migrating between backends”).</p>",
+        _ingest_problems(status.ingest_problems),
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -70,6 +348,37 @@ def _comparisons(points: Sequence[migration_pb2.HistoryPoint]) -> dict[int, tupl
     return totals
 
 
+_ROUND_STEPS = (1.0, 2.0, 5.0, 10.0)
+
+
+def value_ticks(top: float, most: int = 5) -> tuple[list[float], int]:
+    """Ticks from 0 to at least ``top`` a round step apart (1, 2 or 5 times
+    a power of ten), at most ``most`` steps; and the decimals that show each
+    step exactly."""
+    raw = max(top, 1e-12) / most
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in _ROUND_STEPS if m * power >= raw * (1 - 1e-9))
+    count = max(1, math.ceil(top / step - 1e-9))
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    return [round(i * step, decimals) for i in range(count + 1)], decimals
+
+
+_TIME_STEPS_MIN = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440)
+
+
+def time_ticks(start_ms: int, end_ms: int, most: int = 6) -> list[int]:
+    """Times in ``[start_ms, end_ms]`` on round minutes (1, 2, 5, 10, 15,
+    30 minutes, hours), at most ``most`` of them."""
+    span_min = (end_ms - start_ms) / 60_000
+    step_min = next(
+        (s for s in _TIME_STEPS_MIN if span_min / s < most),
+        1440 * math.ceil(span_min / (1440 * (most - 1))),
+    )
+    step_ms = step_min * 60_000
+    first = -(-start_ms // step_ms) * step_ms
+    return list(range(first, end_ms + 1, step_ms))
+
+
 def _chart(
     series: dict[str, list[tuple[int, float]]],
     *,
@@ -81,10 +390,12 @@ def _chart(
 ) -> str:
     points = [pt for values in series.values() for pt in values]
     if not points:
-        return "<p class='empty'>No data yet.</p>"
+        return "<p class='empty'>No data in the window yet.</p>"
     x0 = min(t for t, _ in points)
     x1 = max(max(t for t, _ in points), x0 + 60_000)
-    y1 = fixed_max if fixed_max is not None else max(max(v for _, v in points) * 1.1, floor)
+    top = fixed_max if fixed_max is not None else max(max(v for _, v in points), floor)
+    y_ticks, decimals = value_ticks(top)
+    y1 = y_ticks[-1]
 
     def sx(t: int) -> float:
         return _PAD + (t - x0) / (x1 - x0) * (_WIDTH - 2 * _PAD)
@@ -97,20 +408,20 @@ def _chart(
         f"<rect x='{_PAD}' y='{_PAD}' width='{_WIDTH - 2 * _PAD}' "
         f"height='{_HEIGHT - 2 * _PAD}' class='plot'/>",
     ]
-    for i in range(5):
-        value = y1 * i / 4
+    for value in y_ticks:
         y = sy(value)
         out.append(
             f"<line x1='{_PAD}' x2='{_WIDTH - _PAD}' y1='{y:.1f}' y2='{y:.1f}' class='grid'/>"
         )
         out.append(
-            f"<text x='{_PAD - 4}' y='{y + 4:.1f}' class='tick' "
-            f"text-anchor='end'>{value:.3g}</text>"
+            f"<text x='{_PAD - 4}' y='{y + 4:.1f}' class='tick y' "
+            f"text-anchor='end'>{value:.{decimals}f}</text>"
         )
-    for t in (x0, (x0 + x1) // 2, x1):
-        label = datetime.fromtimestamp(t / 1000, UTC).strftime("%H:%M")
+    time_format = "%H:%M" if x1 - x0 < 86_400_000 else "%m-%d %H:%M"
+    for t in time_ticks(x0, x1):
+        label = datetime.fromtimestamp(t / 1000, UTC).strftime(time_format)
         out.append(
-            f"<text x='{sx(t):.1f}' y='{_HEIGHT - _PAD + 16}' class='tick' "
+            f"<text x='{sx(t):.1f}' y='{_HEIGHT - _PAD + 16}' class='tick x' "
             f"text-anchor='middle'>{label}</text>"
         )
     legend_y = 14
@@ -135,10 +446,54 @@ def _chart(
             f"<text x='{x + 22}' y='{legend_y + 4}' class='legend'>{html.escape(name)}</text>"
         )
     out.append(
-        f"<text x='{_WIDTH - _PAD}' y='{_PAD - 6}' class='tick' "
-        f"text-anchor='end'>{html.escape(unit)}</text></svg>"
+        f"<text x='{_WIDTH - _PAD}' y='{_PAD - 6}' class='unit' "
+        f"text-anchor='end'>{html.escape(unit)} · time UTC</text></svg>"
     )
     return "\n".join(out)
+
+
+def _stage_table(apps: Sequence[AppStage], status: migration_pb2.GetMigrationStatusResponse) -> str:
+    fallback_of = {f.app: f for f in status.fallbacks}
+    rows = [_stage_row(a.app, a.stage, f"{a.check_ratio:g}", fallback_of.get(a.app)) for a in apps]
+    other = other_apps_stage(status.flags)
+    if other is not None:
+        rows.append(_stage_row("every other app", other, "", None, cls="other"))
+    if not rows:
+        return (
+            "<h2>Stage of each app</h2><p class='empty'>No app is named in the flags "
+            f"({html.escape(status.flags or 'none')}) or seen in a mismatch yet.</p>"
+        )
+    return (
+        "<h2>Stage of each app</h2><table class='stages'><tr><th>app</th><th>stage</th>"
+        "<th>reads served by</th><th>shadow reads</th><th>writes to</th>"
+        "<th>check ratio</th><th>fallback</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _stage_row(
+    app: str, stage: str, ratio: str, fallback: migration_pb2.Fallback | None, cls: str = ""
+) -> str:
+    parsed = parse_stage(stage)
+    plan = PLANS[parsed] if parsed is not None else None
+    reads = plan.reads.value if plan else ""
+    shadow = (plan.shadow.value if plan.shadow else "—") if plan else ""
+    writes = ", ".join(role.value for role in plan.writes) if plan else ""
+    shown_fallback = (
+        f"to old since {_time(fallback.since_ms)}: {fallback.reason}" if fallback else "—"
+    )
+    row_class = f" class='{cls}'" if cls else ""
+    return (
+        f"<tr{row_class}><td>{html.escape(app)}</td><td>{html.escape(stage)}</td>"
+        f"<td>{reads}</td><td>{shadow}</td><td>{writes}</td><td>{ratio}</td>"
+        f"<td>{html.escape(shown_fallback)}</td></tr>"
+    )
+
+
+def _hints(hints: Sequence[RepairHint]) -> str:
+    return "".join(
+        f"<p class='hint'>Hint: {html.escape(h.text)} <code>{html.escape(h.command)}</code></p>"
+        for h in hints
+    )
 
 
 def _backend_table(backends: Sequence[migration_pb2.BackendStatus]) -> str:
@@ -171,21 +526,32 @@ def _fallbacks(fallbacks: Sequence[migration_pb2.Fallback]) -> str:
     )
 
 
-def _mismatches(samples: Sequence[migration_pb2.MismatchSample]) -> str:
-    if not samples:
+def _mismatches(groups: Sequence[MismatchGroup], total: int) -> str:
+    if not groups:
         return "<h2>Recent mismatches</h2><p class='empty'>None.</p>"
     rows = "".join(
-        f"<tr><td>{_time(m.at_ms)}</td><td>{html.escape(m.app)}</td>"
-        f"<td>{html.escape(m.metric)}</td><td>{html.escape(m.stage)}</td>"
-        f"<td>{m.primary_ms:.1f} / {m.shadow_ms:.1f}</td>"
-        f"<td><pre>{html.escape(chr(10).join(m.diff))}</pre></td></tr>"
-        for m in samples
+        f"<tr><td>{html.escape(g.app)}</td><td>{html.escape(g.metric)}</td>"
+        f"<td>{html.escape(g.kind)}</td><td class='count'>{g.count}</td>"
+        f"<td>{html.escape(', '.join(g.stages))}</td>"
+        f"<td>{_time(g.first_ms)}<br>{_time(g.last_ms)}</td>"
+        f"<td>{html.escape(', '.join(g.series))}</td>"
+        f"<td><pre>{html.escape(chr(10).join(g.example))}</pre></td></tr>"
+        for g in groups
     )
     return (
-        "<h2>Recent mismatches</h2><table><tr><th>at</th><th>app</th><th>metric</th>"
-        "<th>stage</th><th>primary / shadow ms</th><th>diff</th></tr>"
+        f"<h2>Recent mismatches</h2><p class='meta'>The last {total}, grouped by app, "
+        "metric and kind of difference.</p><table class='mismatches'><tr><th>app</th>"
+        "<th>metric</th><th>difference</th><th>count</th><th>stage</th>"
+        "<th>first / last seen</th><th>series</th><th>newest diff</th></tr>"
         f"{rows}</table>"
     )
+
+
+def _ingest_problems(problems: Sequence[str]) -> str:
+    if not problems:
+        return ""
+    items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+    return f"<h2>Ingest problems</h2><ul class='problems'>{items}</ul>"
 
 
 def _time(ms: int) -> str:
@@ -197,6 +563,8 @@ body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:980px}
 h1{font-size:22px}h2{font-size:16px;margin-top:28px}.meta{color:#666}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:4px 8px;
 text-align:left;vertical-align:top}th{background:#f4f4f4}pre{margin:0;font-size:12px}
-.plot{fill:#fbfbfb;stroke:#ccc}.grid{stroke:#e6e6e6}.tick{font-size:11px;fill:#666}
+td.count{text-align:right}tr.other td{color:#666;font-style:italic}
+.plot{fill:#fbfbfb;stroke:#ccc}.grid{stroke:#e6e6e6}.tick,.unit{font-size:11px;fill:#666}
 .legend{font-size:12px;fill:#333}.empty{color:#888}
+.hint,.notice{background:#fff8e1;border-left:4px solid #e0a800;padding:8px 12px}
 """
