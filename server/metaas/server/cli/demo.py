@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 import time
+from pathlib import Path
 
 import click
 import numpy as np
+from click.core import ParameterSource
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from metaas.client import MetaasError, Series
+from metaas.client import Series
 from metaas.server.cli._client import Connection, client_options
+from metaas.server.cli._errors import server_errors
 
 _STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 _STATUS_WEIGHTS = (0.90, 0.04, 0.05, 0.01)
@@ -55,16 +61,34 @@ def demo(
         for index in range(apps):
             app = f"demo-{index}"
             median_ms = float(rng.uniform(20, 200))
-            try:
+            with server_errors():
                 for batch in _app_traffic(rng, app, dynos, start, now, rpm, median_ms):
                     written += client.write(batch)
-            except MetaasError as error:
-                raise click.ClickException(str(error)) from error
             progress.advance(task)
     click.echo(f"wrote {written} samples for {apps} apps over {minutes} minutes")
+    target = ""
+    if click.get_current_context().get_parameter_source("target") is ParameterSource.COMMANDLINE:
+        target = f" --target {connection.target}"
+    click.echo("queryable within the server's flush interval (10 s by default), then try:")
     click.echo(
-        f"try: metaas query --app demo-0 --metric router.latency_ms --since {minutes}m "
-        "--step 5m --stats count,p50,p99,max --group-by status"
+        f"  {_this_command()} query{target} --app demo-0 --metric router.latency_ms "
+        f"--since {minutes}m --step 5m --stats count,p50,p99,max --group-by status"
+    )
+
+
+def _this_command() -> str:
+    """How to run metaas again from this shell: ``metaas`` when that is this
+    one (the virtualenv is activated), else its path, relative to the working
+    directory when under it (``.venv/bin/metaas``)."""
+    script = Path(sys.executable).with_name("metaas")
+    on_path = shutil.which("metaas")
+    if on_path is not None and script.exists() and Path(on_path).samefile(script):
+        return "metaas"
+    absolute = Path(os.path.abspath(script))
+    return (
+        str(absolute.relative_to(Path.cwd()))
+        if absolute.is_relative_to(Path.cwd())
+        else str(absolute)
     )
 
 
