@@ -19,15 +19,13 @@ import pytest
 from PIL import Image
 
 from metaas.client import Client, Series
-from metaas.server.migration.report import (
+from metaas.server.migration.digest import (
     apps_named,
     group_mismatches,
     other_apps_stage,
-    render,
     repair_hints,
-    time_ticks,
-    value_ticks,
 )
+from metaas.server.migration.report import render, time_ticks, value_ticks
 from metaas.v1 import migration_pb2
 from tests.migration.support import write_flags
 from tests.support import METAAS, ROOT, ServerProcess, eventually

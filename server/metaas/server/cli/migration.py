@@ -16,14 +16,14 @@ from metaas.client import Client
 from metaas.server.cli._client import Connection, client_options
 from metaas.server.cli._errors import Found, server_errors
 from metaas.server.cli._params import DURATION, TIMESTAMP
-from metaas.server.migration.report import (
+from metaas.server.migration.digest import (
     AppStage,
     apps_of,
     group_mismatches,
     other_apps_stage,
-    render,
     repair_hints,
 )
+from metaas.server.migration.report import render
 from metaas.v1 import migration_pb2
 
 _NOT_CONFIGURED = (
