@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.support import METAAS, ServerProcess, eventually
 
@@ -151,6 +152,8 @@ def test_demo_generates_traffic_with_progress(server: ServerProcess) -> None:
         server, "--app", "demo-1", "--metric", "router.latency_ms", "--since", "2h",
         "--stats", "count",
     )  # fmt: skip
+    hourly: dict[str, Any]
+    minutely: dict[str, Any]
     (hourly,) = by_hour["series"]  # type: ignore[misc]
     assert all(int(t) % 3_600_000 == 0 for t in hourly["times_ms"])
     (minutely,) = by_minute["series"]  # type: ignore[misc]

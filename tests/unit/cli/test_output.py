@@ -124,3 +124,19 @@ def test_csv_and_tsv_have_a_header_rfc3339_times_and_full_precision(delimiter: s
         ["2026-01-01T00:00:00Z", "2xx", "3", repr(0.1 + 0.2)],
         ["2026-01-01T00:01:00Z", "5xx, or worse", "2661880", ""],
     ]
+
+
+def test_times_off_the_minute_show_their_seconds() -> None:
+    off = Frame(
+        [
+            Column("time", Kind.TIME, [NOW + 24_954, NOW + MINUTE + 24_954]),
+            Column("n", Kind.NUMBER, [1, 2]),
+        ],
+        keys=1,
+    )
+    assert table(off, "t {date}", None).splitlines()[2] == "2026-01-01 00:00:24  1"
+    assert table(off, "t {date}", 14).splitlines()[:3] == [
+        "t 2026-01-01 ",
+        "time      n",
+        "00:00:24  1",
+    ]

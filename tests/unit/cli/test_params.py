@@ -14,6 +14,7 @@ from metaas.server.cli._params import (
     Command,
     Duration,
     Range,
+    RelativeTime,
     Step,
     Timestamp,
     UsageError,
@@ -170,6 +171,12 @@ def test_a_range_ends_now_and_starts_aligned_unless_given() -> None:
         NOW - HOUR, NOW + 7
     )
     assert resolve_range(HOUR, NOW - 7, None, NOW) == Range(NOW - 7, NOW)
+    # now-1h is --since 1h written another way, and aligned alike.
+    start = Timestamp(now_ms=lambda: NOW + 7).convert("now-1h", None, None)
+    assert isinstance(start, RelativeTime)
+    assert resolve_range(HOUR, start, NOW + 7, NOW, align_ms=5 * MINUTE) == Range(
+        NOW - HOUR, NOW + 7
+    )
     assert resolve_range(HOUR, None, NOW, NOW + HOUR) == Range(NOW - HOUR, NOW)
     assert str(Range(NOW, NOW + HOUR + 5)) == "from 2026-01-01T00:00:00Z to 2026-01-01T01:00:00Z"
 

@@ -128,8 +128,12 @@ def _times(cells: Sequence[Cell]) -> list[tuple[list[str], str]]:
     """The spellings of a time column that lose nothing, widest first, each
     with the common part the title must add (a year, a date)."""
     moments = [datetime.fromtimestamp(int(c) / 1000, UTC) for c in cells]
+    # Buckets start on whole minutes unless --start was not on one: then
+    # their seconds tell which minutes they hold.
+    seconds = ":%S" if any(int(c) % 60_000 for c in cells) else ""
     choices = []
     for fmt, common in _TIME_FORMATS:
+        fmt += seconds
         shared = {m.strftime(common) for m in moments} if common else {""}
         if len(shared) == 1:
             choices.append(([m.strftime(fmt) for m in moments], shared.pop()))

@@ -124,6 +124,11 @@ class Step(click.ParamType[int, Any]):
         return ms
 
 
+class RelativeTime(int):
+    """Unix milliseconds given relative to now (``now-1h``): a range starting
+    there is aligned like one given by --since."""
+
+
 class Timestamp(click.ParamType[int, Any]):
     """A time as Unix milliseconds: ``now``, ``now-1h`` (``-1h``),
     ``now+5m``, RFC 3339 or ISO 8601 (UTC when no offset is given), or
@@ -154,7 +159,7 @@ class Timestamp(click.ParamType[int, Any]):
             offset = parse_duration(relative[2]) if relative[2] is not None else 0
             if offset is None:
                 self.fail(f"{text!r}: {relative[2]!r} is not a duration such as 1h", param, ctx)
-            return self.now_ms() + (-offset if relative[1] == "-" else offset)
+            return RelativeTime(self.now_ms() + (-offset if relative[1] == "-" else offset))
         try:
             parsed = datetime.fromisoformat(text)
         except ValueError:
@@ -280,14 +285,14 @@ def resolve_range(
     since: int, start: int | None, end: int | None, now_ms: int, align_ms: int = MINUTE_MS
 ) -> Range:
     """The range of --since/--start/--end: from ``start`` (default: ``end``
-    less ``since``, rounded down to a multiple of ``align_ms``) to ``end``
-    (default ``now_ms``). Raises UsageError when the end is not after the
-    start."""
+    less ``since``) to ``end`` (default ``now_ms``). A start that is not an
+    absolute time (--since, ``now-1h``) is rounded down to a multiple of
+    ``align_ms``. Raises UsageError when the end is not after the start."""
     if start is None and since <= 0:
         raise UsageError(f"--since {format_duration(since)}: give a duration above zero, e.g. 1h")
     end_ms = end if end is not None else now_ms
     start_ms = start if start is not None else end_ms - since
-    if start is None:
+    if start is None or isinstance(start, RelativeTime):
         start_ms -= start_ms % align_ms
     if end_ms <= start_ms:
         raise UsageError(

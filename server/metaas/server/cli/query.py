@@ -81,8 +81,9 @@ def query(
     the app has, and that samples become queryable within the server's flush
     interval (10 s by default) after they are written.
     """
-    # Buckets on multiples of the step, as a dashboard aligns them: they read
-    # better, and whole-hour steps are then answered from hourly rollups.
+    # Buckets on multiples of the step, as a dashboard (or influx's windows)
+    # aligns them: they read better, and whole-hour steps are then answered
+    # from hourly rollups. An absolute --start is taken as given.
     span = resolve_range(since, start, end, time.time_ns() // 1_000_000, align_ms=step)
     with connection.calls(), connection.open() as client:
         result = client.query_range(
