@@ -272,8 +272,8 @@ def _driver_logs_held() -> Iterator[None]:
 
 
 def _not_reached(config: CassandraConfig, error: Exception) -> Unavailable:
-    """One line naming the hosts that did not answer, and why, and the setting
-    that names them."""
+    """One line naming the hosts that could not be connected to, and why, and
+    the setting that names them."""
     unresolved = [name for name, _ in config.hosts if not _resolves(name)]
     if isinstance(error, UnresolvableContactPoints) or len(unresolved) == len(config.hosts):
         names = unresolved or [name for name, _ in config.hosts]
@@ -287,8 +287,8 @@ def _not_reached(config: CassandraConfig, error: Exception) -> Unavailable:
     reasons = [f"{host} ({_reason(cause)})" for host, cause in causes.items()]
     reasons += [f"{name} (does not resolve to an address)" for name in unresolved]
     return Unavailable(
-        f"Cassandra did not answer at {', '.join(reasons) or 'any host'}: check that it is "
-        f"running there and that {_STORAGE} names its hosts and native port "
+        f"cannot connect to Cassandra at {', '.join(reasons) or 'any host'}: check that it "
+        f"is running there and that {_STORAGE} names its hosts and native port "
         "(9042 by default)",
         backend=NAME,
     )
@@ -303,7 +303,7 @@ def _resolves(host: str) -> bool:
 
 
 def _reason(cause: object) -> str:
-    """Why one host did not answer, briefly."""
+    """Why a connection to one host failed, briefly."""
     if isinstance(cause, ConnectionRefusedError):
         return "connection refused"
     if isinstance(cause, (OperationTimedOut, TimeoutError)):
