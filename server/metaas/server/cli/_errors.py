@@ -6,7 +6,8 @@ README's CLI section):
 0     done (an empty answer too: a hint on stderr says why it may be empty)
 1     the command ran and found a problem (``migration verify``: the backends
       differ)
-2     usage: a flag, value, file or setting the command does not accept
+2     usage: a flag, value, file or setting the command does not accept, or
+      an address or log directory another ``metaas serve`` holds
 3     the server refused the request: a field it does not accept, a token or
       grant it does not know, or a precondition (no migration configured)
 4     the server or a backend could not be reached or failed: retry later

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from metaas.server.cli._errors import setting_errors, storage_errors
+from metaas.server.cli._errors import SettingError, setting_errors, storage_errors
 from metaas.server.cli._options import SettingsCommand, setting_options
 from metaas.server.config import LOG_LEVEL, Settings, declared
 
@@ -40,4 +40,6 @@ def serve(**values: Any) -> None:
         try:
             asyncio.run(run(settings, telemetry))
         except (AddressInUse, WalLocked) as error:
-            raise click.ClickException(str(error)) from error
+            # Another server holds the address or the log directory: choose
+            # another --listen or --wal-dir, or stop that one.
+            raise SettingError(str(error)) from error
