@@ -28,38 +28,12 @@ RUN="$STATE/run"              # conf/, data/, logs/, kafka.pid
 PIDFILE="$RUN/kafka.pid"
 TEMPLATES="$PWD/scripts/kafka"
 
-say() { echo "kafka: $*" >&2; }
-
-python_bin() {
-  if [ -x .venv/bin/python ]; then echo .venv/bin/python; else echo python3; fi
-}
+NODE=kafka
+MAIN_PATTERN=' kafka\.Kafka '
+# shellcheck source=scripts/lib/jvm-node.sh
+source "$PWD/scripts/lib/jvm-node.sh"
 
 answers() { "$(python_bin)" "$TEMPLATES/kafka_probe.py" "$HOST" "$PORT" >/dev/null 2>&1; }
-
-# The recorded pid, if that process is still this node (not a reused pid).
-running_pid() {
-  [ -f "$PIDFILE" ] || return 1
-  local pid
-  pid=$(cat "$PIDFILE")
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q ' kafka\.Kafka ' || return 1
-  echo "$pid"
-}
-
-# Java and Maven come with the development image; elsewhere install them from
-# Debian's packages when we may, or say what is missing.
-need() {
-  local command=$1 package=$2
-  command -v "$command" >/dev/null && return 0
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing $package for $command"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$package" >&2 \
-      || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$package" >&2; }
-  fi
-  command -v "$command" >/dev/null || { say "$command is needed (package $package)"; exit 1; }
-}
-
-java_major() { "$1" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
 
 # Kafka 4 brokers need Java 17 or newer: METAAS_KAFKA_JAVA, else `java` on the
 # PATH if it is new enough, else a JDK 17 or newer under /usr/lib/jvm.
@@ -194,26 +168,6 @@ start() {
   say "answering on $HOST:$PORT after $((SECONDS - started))s"
 }
 
-stop() {
-  local pid
-  if ! pid=$(running_pid); then
-    rm -f "$PIDFILE"
-    return 0
-  fi
-  # SIGTERM: a controlled shutdown that leaves the logs clean, so the next
-  # start needs no recovery.
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 120); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.25
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    say "pid $pid did not stop within 30s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$PIDFILE"
-  say "stopped pid $pid"
-}
 
 status() {
   local description pid
