@@ -26,6 +26,8 @@ PIDFILE="$RUN/cassandra.pid"
 TEMPLATES="$PWD/scripts/cassandra"
 
 NODE=cassandra
+PROTOCOL=CQL
+MAIN_LOG=system.log
 MAIN_PATTERN=CassandraDaemon
 # shellcheck source=scripts/lib/jvm-node.sh
 source "$PWD/scripts/lib/jvm-node.sh"
@@ -98,58 +100,14 @@ jvm_options() {
   echo "-Dcassandra.triggers_dir=$RUN/triggers"
 }
 
-log_tail() {
-  for file in "$RUN/logs/system.log" "$RUN/logs/stdout.log"; do
-    if [ -s "$file" ]; then
-      echo "--- last lines of ${file#"$PWD"/}" >&2
-      tail -n "${1:-40}" "$file" >&2
-    fi
-  done
-}
 
-start() {
-  local pid
-  if answers; then
-    say "already answering CQL on $HOST:$PORT"
-    return 0
-  fi
-  if pid=$(running_pid); then
-    say "pid $pid is running but not answering yet; waiting"
-  else
-    fetch
-    configure
-    local java
-    java=$(java_bin) || { need java openjdk-17-jre-headless; java=$(java_bin) || {
-      say "Cassandra 5.0 needs Java 11 or 17 (set METAAS_CASSANDRA_JAVA)"; exit 1; }; }
-    local options
-    mapfile -t options < <(jvm_options)
-    : >"$RUN/logs/stdout.log"
-    # setsid: the node outlives this script and ignores the caller's Ctrl-C;
-    # `stop` ends it by the pid recorded here.
-    setsid "$java" "${options[@]}" -cp "$RUN/conf:$DIST/lib/*" \
-      org.apache.cassandra.service.CassandraDaemon \
-      </dev/null >>"$RUN/logs/stdout.log" 2>&1 &
-    pid=$!
-    echo "$pid" >"$PIDFILE"
-    say "started pid $pid (heap $HEAP, logs in ${RUN#"$PWD"/}/logs)"
-  fi
-  local started=$SECONDS
-  while ! answers; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      log_tail 60
-      rm -f "$PIDFILE"
-      say "the node exited before answering CQL"
-      exit 1
-    fi
-    if [ $((SECONDS - started)) -ge "$START_TIMEOUT_S" ]; then
-      log_tail 60
-      say "no CQL on $HOST:$PORT after ${START_TIMEOUT_S}s; stopping pid $pid"
-      stop
-      exit 1
-    fi
-    sleep 0.5
-  done
-  say "answering CQL on $HOST:$PORT after $((SECONDS - started))s"
+boot() {
+  fetch
+  configure
+  local java
+  java=$(java_bin) || { need java openjdk-17-jre-headless; java=$(java_bin) || {
+    say "Cassandra 5.0 needs Java 11 or 17 (set METAAS_CASSANDRA_JAVA)"; exit 1; }; }
+  launch "$java" -cp "$RUN/conf:$DIST/lib/*" org.apache.cassandra.service.CassandraDaemon
 }
 
 

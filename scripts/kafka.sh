@@ -29,6 +29,8 @@ PIDFILE="$RUN/kafka.pid"
 TEMPLATES="$PWD/scripts/kafka"
 
 NODE=kafka
+PROTOCOL=Kafka
+MAIN_LOG=server.log
 MAIN_PATTERN=' kafka\.Kafka '
 # shellcheck source=scripts/lib/jvm-node.sh
 source "$PWD/scripts/lib/jvm-node.sh"
@@ -115,57 +117,14 @@ jvm_options() {
   echo "-Dkafka.logs.dir=$RUN/logs"
 }
 
-log_tail() {
-  for file in "$RUN/logs/server.log" "$RUN/logs/stdout.log"; do
-    if [ -s "$file" ]; then
-      echo "--- last lines of ${file#"$PWD"/}" >&2
-      tail -n "${1:-40}" "$file" >&2
-    fi
-  done
-}
 
-start() {
-  local pid
-  if answers; then
-    say "already answering on $HOST:$PORT"
-    return 0
-  fi
-  if pid=$(running_pid); then
-    say "pid $pid is running but not answering yet; waiting"
-  else
-    fetch
-    configure
-    format_once
-    local java options
-    java=$(java_or_exit)
-    mapfile -t options < <(jvm_options)
-    : >"$RUN/logs/stdout.log"
-    # setsid: the node outlives this script and ignores the caller's Ctrl-C;
-    # `stop` ends it by the pid recorded here.
-    setsid "$java" "${options[@]}" -cp "$DIST/lib/*" \
-      kafka.Kafka "$RUN/conf/server.properties" \
-      </dev/null >>"$RUN/logs/stdout.log" 2>&1 &
-    pid=$!
-    echo "$pid" >"$PIDFILE"
-    say "started pid $pid (heap $HEAP, logs in ${RUN#"$PWD"/}/logs)"
-  fi
-  local started=$SECONDS
-  while ! answers; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      log_tail 60
-      rm -f "$PIDFILE"
-      say "the node exited before answering"
-      exit 1
-    fi
-    if [ $((SECONDS - started)) -ge "$START_TIMEOUT_S" ]; then
-      log_tail 60
-      say "no broker on $HOST:$PORT after ${START_TIMEOUT_S}s; stopping pid $pid"
-      stop
-      exit 1
-    fi
-    sleep 0.5
-  done
-  say "answering on $HOST:$PORT after $((SECONDS - started))s"
+boot() {
+  fetch
+  configure
+  format_once
+  local java
+  java=$(java_or_exit)
+  launch "$java" -cp "$DIST/lib/*" kafka.Kafka "$RUN/conf/server.properties"
 }
 
 

@@ -5,6 +5,11 @@
 #   NODE          the service's name, as messages show it
 #   PIDFILE       where the node's pid is recorded
 #   MAIN_PATTERN  a pattern its command line matches (guards against reused pids)
+#   PROTOCOL      what answering means in messages ("CQL", "Kafka")
+#   MAIN_LOG      the node's own log file under $RUN/logs
+# and RUN, HOST, PORT, HEAP, START_TIMEOUT_S, and the functions answers (does
+# the node answer?), jvm_options (one JVM option per line) and boot (fetch,
+# configure, then `launch` the node).
 
 say() { echo "$NODE: $*" >&2; }
 
@@ -56,4 +61,65 @@ stop() {
   fi
   rm -f "$PIDFILE"
   say "stopped pid $pid"
+}
+
+log_tail() {
+  for file in "$RUN/logs/$MAIN_LOG" "$RUN/logs/stdout.log"; do
+    if [ -s "$file" ]; then
+      echo "--- last lines of ${file#"$PWD"/}" >&2
+      tail -n "${1:-40}" "$file" >&2
+    fi
+  done
+}
+
+# Start the node: `launch JAVA ARG...` runs JAVA with jvm_options and ARG...
+# detached (setsid: it outlives this script and ignores the caller's Ctrl-C;
+# `stop` ends it by the pid recorded here), and sets LAUNCHED to its pid.
+launch() {
+  local java=$1 options
+  shift
+  mapfile -t options < <(jvm_options)
+  : >"$RUN/logs/stdout.log"
+  setsid "$java" "${options[@]}" "$@" </dev/null >>"$RUN/logs/stdout.log" 2>&1 &
+  LAUNCHED=$!
+  echo "$LAUNCHED" >"$PIDFILE"
+  say "started pid $LAUNCHED (heap $HEAP, logs in ${RUN#"$PWD"/}/logs)"
+}
+
+# Wait until the node of pid $1 answers; stop it and fail if it exits first
+# or takes longer than START_TIMEOUT_S.
+wait_answering() {
+  local pid=$1 started=$SECONDS
+  while ! answers; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log_tail 60
+      rm -f "$PIDFILE"
+      say "the node exited before answering $PROTOCOL"
+      exit 1
+    fi
+    if [ $((SECONDS - started)) -ge "$START_TIMEOUT_S" ]; then
+      log_tail 60
+      say "no $PROTOCOL on $HOST:$PORT after ${START_TIMEOUT_S}s; stopping pid $pid"
+      stop
+      exit 1
+    fi
+    sleep 0.5
+  done
+  say "answering $PROTOCOL on $HOST:$PORT after $((SECONDS - started))s"
+}
+
+# Start the node unless it answers already, and wait until it answers.
+start() {
+  local pid
+  if answers; then
+    say "already answering $PROTOCOL on $HOST:$PORT"
+    return 0
+  fi
+  if pid=$(running_pid); then
+    say "pid $pid is running but not answering yet; waiting"
+  else
+    boot
+    pid=$LAUNCHED
+  fi
+  wait_answering "$pid"
 }
