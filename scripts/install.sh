@@ -12,7 +12,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ./client -e '.[dev]'
+.venv/bin/python -m pip install --quiet -e './client[kafka]' -e '.[dev]'
 
 mkdir -p .tools/bin
 export GOBIN="$PWD/.tools/bin"
