@@ -61,6 +61,7 @@ class GetMigrationStatusResponse(_message.Message):
     FALLBACKS_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     INGEST_PROBLEMS_FIELD_NUMBER: _builtins.int
+    KAFKA_PARTITIONS_FIELD_NUMBER: _builtins.int
     migration_enabled: _builtins.bool
     old_backend: _builtins.str
     new_backend: _builtins.str
@@ -87,6 +88,12 @@ class GetMigrationStatusResponse(_message.Message):
         well. Acknowledged data is safe in the write-ahead log meanwhile.
         """
 
+    @_builtins.property
+    def kafka_partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___KafkaPartition]:
+        """Kafka ingest (metaas serve --kafka-brokers): each partition of the topic
+        this server consumes now, with its lag; empty when it consumes none.
+        """
+
     def __init__(
         self,
         *,
@@ -105,14 +112,55 @@ class GetMigrationStatusResponse(_message.Message):
         fallbacks: _abc.Iterable[Global___Fallback] | None = ...,
         history: _abc.Iterable[Global___HistoryPoint] | None = ...,
         ingest_problems: _abc.Iterable[_builtins.str] | None = ...,
+        kafka_partitions: _abc.Iterable[Global___KafkaPartition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "backends", b"backends", "check_ratio", b"check_ratio", "comparisons", b"comparisons", "fallbacks", b"fallbacks", "flags", b"flags", "history", b"history", "ingest_problems", b"ingest_problems", "migration_enabled", b"migration_enabled", "mismatches", b"mismatches", "new_backend", b"new_backend", "old_backend", b"old_backend", "recent_mismatches", b"recent_mismatches", "stage", b"stage", "window_seconds", b"window_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "backends", b"backends", "check_ratio", b"check_ratio", "comparisons", b"comparisons", "fallbacks", b"fallbacks", "flags", b"flags", "history", b"history", "ingest_problems", b"ingest_problems", "kafka_partitions", b"kafka_partitions", "migration_enabled", b"migration_enabled", "mismatches", b"mismatches", "new_backend", b"new_backend", "old_backend", b"old_backend", "recent_mismatches", b"recent_mismatches", "stage", b"stage", "window_seconds", b"window_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMigrationStatusResponse: _TypeAlias = GetMigrationStatusResponse  # noqa: Y015
+
+@_typing.final
+class KafkaPartition(_message.Message):
+    """One partition of the Kafka topic a server consumes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    COMMITTED_OFFSET_FIELD_NUMBER: _builtins.int
+    END_OFFSET_FIELD_NUMBER: _builtins.int
+    LAG_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    partition: _builtins.int
+    committed_offset: _builtins.int
+    """The next offset not yet stored on every backend (committed to the group)."""
+    end_offset: _builtins.int
+    """The partition's end (high watermark) when last seen."""
+    lag: _builtins.int
+    """Messages in the partition not yet stored: end_offset - committed_offset."""
+    paused: _builtins.bool
+    """Consumption is paused: the work not yet stored is at its bound."""
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+        partition: _builtins.int = ...,
+        committed_offset: _builtins.int = ...,
+        end_offset: _builtins.int = ...,
+        lag: _builtins.int = ...,
+        paused: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_offset", b"committed_offset", "end_offset", b"end_offset", "lag", b"lag", "partition", b"partition", "paused", b"paused", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KafkaPartition: _TypeAlias = KafkaPartition  # noqa: Y015
 
 @_typing.final
 class BackendStatus(_message.Message):
