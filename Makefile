@@ -29,11 +29,11 @@ lint: .venv/.installed
 proto: .venv/.installed
 	./scripts/gen-proto.sh
 
-## services-up    start a local Cassandra and DynamoDB emulator
+## services-up    start a local Cassandra, the DynamoDB emulator and Kafka
 services-up: .venv/.installed
 	./scripts/services.sh up
 
-## services-down  stop the local Cassandra and DynamoDB emulator
+## services-down  stop the local Cassandra, the DynamoDB emulator and Kafka
 services-down:
 	./scripts/services.sh down
 

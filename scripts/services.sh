@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
 # Start or stop the local backing services the tests use: Apache Cassandra
-# (scripts/cassandra.sh) and the DynamoDB emulator (scripts/dynamodb.sh), and on
-# request Apache Kafka (scripts/kafka.sh).
+# (scripts/cassandra.sh), the DynamoDB emulator (scripts/dynamodb.sh) and
+# Apache Kafka (scripts/kafka.sh).
 #   services.sh up [name...]      start (in parallel) those not running yet
 #   services.sh down [name...]    stop them
 #   services.sh missing [name...] print the names of those not running
 # Without names, each acts on DEFAULT, the set `make test` and `make
-# services-up` start and stop. Kafka is known but not in it yet: no test uses
-# it so far, so it starts only when named (`services.sh up kafka`).
+# services-up` start and stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEFAULT=(cassandra dynamodb)
-KNOWN=(cassandra dynamodb kafka)
+DEFAULT=(cassandra dynamodb kafka)
+KNOWN=("${DEFAULT[@]}")
 action=${1:-}
 shift || true
 names=("$@")
