@@ -23,6 +23,7 @@ from metaas.server.api import (
 from metaas.server.clock import Clock, SystemClock
 from metaas.server.config import ConfigError, MigrationConfig, Settings, setting_of
 from metaas.server.ingest import IngestPipeline
+from metaas.server.kafka import KafkaIngest
 from metaas.server.migration import (
     Guard,
     LoopShadow,
@@ -40,6 +41,7 @@ from metaas.server.migration import (
 from metaas.server.query import QueryEngine
 from metaas.server.storage import Storage, StorageContext, StorageError, open_storage
 from metaas.server.telemetry import Telemetry
+from metaas.v1 import migration_pb2
 
 log = logging.getLogger("metaas.server")
 _STORAGE = setting_of(Settings, "storage_url")
@@ -237,6 +239,21 @@ async def _serve_api(
         max_bytes=limits.max_inflight_bytes,
     )
     rpcs = Rpcs(tracer, authenticator, admission)
+    kafka = (
+        KafkaIngest(
+            settings.kafka,
+            pipeline,
+            ingest=settings.ingest,
+            limits=limits,
+            retention_ms=settings.retention.retention_ms,
+            clock=clock,
+            telemetry=telemetry,
+            views=settings.views,
+            on_broker=lambda serving: api.set_serving(serving),
+        )
+        if settings.kafka.enabled
+        else None
+    )
     if settings.security.insecure and not settings.security.authenticates:
         log.warning(
             "serving on %s WITHOUT authentication (--insecure): any client that "
@@ -258,12 +275,15 @@ async def _serve_api(
             routing,
             guard,
             write_lag_s=pipeline.write_lag_s,
-            ingest_problems=pipeline.problems,
+            ingest_problems=lambda: pipeline.problems() + (kafka.problems() if kafka else []),
+            kafka_partitions=lambda: _kafka_partitions(kafka),
             rpcs=rpcs,
         ),
         admission,
     )
     await api.start()
+    if kafka is not None:
+        await kafka.start()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -283,6 +303,24 @@ async def _serve_api(
         log.info("shutting down: draining RPCs, then flushing")
         await api.stop(settings.server.shutdown_grace_s)
     finally:
+        if kafka is not None:
+            await kafka.stop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
+
+
+def _kafka_partitions(kafka: KafkaIngest | None) -> list[migration_pb2.KafkaPartition]:
+    if kafka is None:
+        return []
+    return [
+        migration_pb2.KafkaPartition(
+            topic=p.topic,
+            partition=p.partition,
+            committed_offset=p.committed_offset,
+            end_offset=p.end_offset,
+            lag=p.lag,
+            paused=p.paused,
+        )
+        for p in kafka.partitions()
+    ]

@@ -28,6 +28,7 @@ class MigrationAdminServicer(RpcServicer, migration_pb2_grpc.MigrationAdminServi
         *,
         write_lag_s: Callable[[], dict[str, float]],
         ingest_problems: Callable[[], list[str]],
+        kafka_partitions: Callable[[], list[migration_pb2.KafkaPartition]] = list,
         rpcs: Rpcs,
     ) -> None:
         super().__init__(rpcs)
@@ -35,6 +36,7 @@ class MigrationAdminServicer(RpcServicer, migration_pb2_grpc.MigrationAdminServi
         self._guard = guard
         self._write_lag_s = write_lag_s
         self._ingest_problems = ingest_problems
+        self._kafka_partitions = kafka_partitions
 
     @unary(SERVICE, admin=True, admit=False)
     async def GetMigrationStatus(
@@ -100,6 +102,7 @@ class MigrationAdminServicer(RpcServicer, migration_pb2_grpc.MigrationAdminServi
                 if principal.may_access(f.app)
             ],
             ingest_problems=self._ingest_problems(),
+            kafka_partitions=self._kafka_partitions(),
         )
         if request.app:
             response.app = request.app

@@ -101,8 +101,18 @@ class Api:
 
     async def start(self) -> None:
         await self.server.start()
+        await self.set_serving(True)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report every service SERVING, or NOT_SERVING (while a source of
+        writes it depends on, a Kafka broker, is lost)."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for service in ("", *SERVICES):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(service, status)
 
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, refuse new RPCs, and let in-flight ones finish

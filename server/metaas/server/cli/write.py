@@ -24,6 +24,7 @@ from rich.progress import Progress
 from metaas.client import MetaasError, Series
 from metaas.server.cli._client import Connection, client_options, describe
 from metaas.server.cli._errors import ExitStatus, Refused, Unavailable, exit_status_of
+from metaas.server.cli._kafka import KafkaTarget, kafka_options
 from metaas.server.cli._params import Command, UsageError, looks_like_seconds
 
 CSV_FIELDS: Final = ("app", "metric", "time_ms", "value")
@@ -68,6 +69,7 @@ class Batch:
 @click.command(cls=Command)
 @click.argument("source", type=click.File("r"), default="-")
 @client_options
+@kafka_options
 @click.option(
     "--format",
     "fmt",
@@ -80,11 +82,12 @@ class Batch:
     "--batch-size",
     type=click.IntRange(1, 500_000),
     default=10_000,
-    help="Samples per Write request.",
+    help="Samples per Write request (with --kafka-brokers, per message at most).",
 )
 def write(
     source: IO[str],
     connection: Connection,
+    kafka: KafkaTarget | None,
     fmt: str,
     batch_size: int,
 ) -> None:
@@ -123,6 +126,9 @@ def write(
         samples.lines.append(number)
     if bad_count:
         _refuse_lines(name, bad, bad_count)
+    if kafka is not None:
+        click.echo(kafka.produce((b.series for b in batches(grouped, batch_size)), len(grouped)))
+        return
     total = sum(len(s.times) for s in grouped.values())
     accepted = 0
     failure: click.ClickException | None = None

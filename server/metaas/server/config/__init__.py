@@ -29,6 +29,7 @@ from metaas.server.config._declaration import (
     declared,
     setting_of,
 )
+from metaas.server.config._kafka import KafkaConfig
 from metaas.server.config._migration import MigrationConfig
 from metaas.server.config._serving import LOG_LEVEL, LimitsConfig, SecurityConfig, ServerConfig
 from metaas.server.config._settings import Settings
@@ -40,6 +41,7 @@ __all__ = [
     "CodecConfig",
     "ConfigError",
     "IngestConfig",
+    "KafkaConfig",
     "Kind",
     "LimitsConfig",
     "MigrationConfig",

@@ -14,6 +14,7 @@ from metaas.server.config._data import (
     ViewsConfig,
 )
 from metaas.server.config._declaration import ConfigError, build, setting, setting_of
+from metaas.server.config._kafka import KafkaConfig
 from metaas.server.config._migration import MigrationConfig
 from metaas.server.config._serving import LimitsConfig, SecurityConfig, ServerConfig
 
@@ -38,6 +39,7 @@ class Settings:
     codec: CodecConfig = field(default_factory=CodecConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     migration: MigrationConfig = field(default_factory=MigrationConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
 
     def __post_init__(self) -> None:
         if (

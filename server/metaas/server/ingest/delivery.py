@@ -47,6 +47,7 @@ class _Work:
     segment: SegmentId
     pending: list[PendingPartial]
     queued_at: float = field(default_factory=time.monotonic)
+    withdrawn: bool = False  # its writer lost the right to store it
 
 
 @dataclass(slots=True)
@@ -68,6 +69,7 @@ class _Target:
         self.idle.set()
         self.task: asyncio.Task[None] | None = None
         self.failing: Failure | None = None  # storing the head of the queue
+        self.storing = False  # the head of the queue is being stored
         self.crashed: Failure | None = None  # the worker itself, until it stores again
 
     def lag_s(self) -> float:
@@ -172,6 +174,26 @@ class Delivery:
             target.idle.clear()
             target.wake.set()
 
+    def withdraw(self, writer: str) -> int:
+        """Drop the work of ``writer`` not stored yet (a Kafka partition that
+        moved to another replica, which replays it): queued work leaves the
+        queues, and work being stored is given up before its next attempt.
+        Returns the number of segments dropped."""
+        dropped: set[SegmentId] = set()
+        for target in self._targets.values():
+            for work in target.queue:
+                if work.segment[0] == writer:
+                    work.withdrawn = True
+                    dropped.add(work.segment)
+            head = target.queue[0] if target.queue and target.storing else None
+            target.queue = deque(w for w in target.queue if not w.withdrawn or w is head)
+            target.wake.set()
+        for segment in dropped:
+            remaining = self._outstanding.pop(segment, None)
+            if remaining is not None:
+                self._held_bytes -= remaining.nbytes
+        return len(dropped)
+
     async def drain(self) -> None:
         """Wait until every queued work item is stored (cleanup that fails is
         not waited for: the data is stored, only a file is left)."""
@@ -199,9 +221,15 @@ class Delivery:
                 await target.wake.wait()
                 continue
             work = target.queue[0]
-            await self._store(target, work)
+            target.storing = True
+            try:
+                await self._store(target, work)
+            finally:
+                target.storing = False
             target.queue.popleft()
             target.crashed = None
+            if work.withdrawn:
+                continue
             remaining = self._outstanding.get(work.segment)
             if remaining is not None:
                 remaining.targets.discard(target.role)
@@ -217,7 +245,7 @@ class Delivery:
     async def _store(self, target: _Target, work: _Work) -> None:
         writer, epoch = work.segment
         delays = backoff()
-        while True:
+        while not work.withdrawn:
             started = time.perf_counter()
             with self._tracer.start_as_current_span("metaas.ingest.flush") as span:
                 span.set_attributes(

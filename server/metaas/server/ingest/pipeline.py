@@ -84,6 +84,9 @@ class IngestPipeline:
         self._wal = WriteAheadLog(config.wal_dir, self.generation, fsync=config.fsync)
         self._delivery = Delivery(targets, on_complete=self._segment_stored, telemetry=telemetry)
         self._old_segments: list[Segment] = []
+        # Writers other than this run's log (Kafka partitions): on_stored
+        # of their flushes, by writer prefix.
+        self._writers: dict[str, Callable[[str, int], None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._seal_lock = asyncio.Lock()
         meter = telemetry.meter
@@ -287,9 +290,38 @@ class IngestPipeline:
                 parts[name].append(item)
         return parts
 
+    def attach(self, prefix: str, on_stored: Callable[[str, int], None]) -> None:
+        """Take flushes of writers named ``prefix...`` that another source
+        keeps durable (a Kafka partition: see :meth:`deliver`);
+        ``on_stored(writer, epoch)`` is called once a flush is stored on
+        every target that had work from it."""
+        self._writers[prefix] = on_stored
+
+    async def deliver(self, writer: str, epoch: int, pending: list[PendingPartial]) -> None:
+        """Queue a flush of an attached writer for every write target of its
+        apps, behind this server's own flushes (FIFO per target)."""
+        await self._delivery.submit((writer, epoch), self._split(pending))
+
+    def withdraw(self, writer: str) -> int:
+        """Drop an attached writer's flushes not stored yet (see Delivery.withdraw)."""
+        return self._delivery.withdraw(writer)
+
+    @property
+    def delivery_held_bytes(self) -> int:
+        """Estimated memory of the flushes waiting to be stored."""
+        return self._delivery.held_bytes
+
+    async def drain(self) -> None:
+        """Wait until every queued flush is stored."""
+        await self._delivery.drain()
+
     async def _segment_stored(self, segment: SegmentId) -> None:
-        generation, epoch = segment
-        await self._wal.delete(Segment.named(self._config.wal_dir, generation, epoch))
+        writer, epoch = segment
+        for prefix, on_stored in self._writers.items():
+            if writer.startswith(prefix):
+                on_stored(writer, epoch)
+                return
+        await self._wal.delete(Segment.named(self._config.wal_dir, writer, epoch))
 
     def problems(self) -> list[str]:
         """One line per ingest step failing now (the log, storing on a

@@ -1,0 +1,97 @@
+"""What a consumer holds for one partition it owns: its checkpoint, the
+aggregates of the offsets consumed since the last flush, and the flush ends
+a replay must reproduce."""
+
+from __future__ import annotations
+
+from metaas.server.ingest.aggregator import Aggregator, PendingPartial
+from metaas.server.ingest.records import SeriesBatch
+from metaas.server.kafka.checkpoint import Checkpoint
+
+
+def writer_of(topic: str, number: int) -> str:
+    """The writer identity of a partition's partials: one per partition,
+    whichever replica owns it (docs/architecture.md, "Kafka ingest")."""
+    return f"kafka/{topic}/{number}"
+
+
+class Partition:
+    def __init__(
+        self,
+        topic: str,
+        number: int,
+        checkpoint: Checkpoint,
+        *,
+        hot_minutes: int,
+        views: tuple[str, ...] | None,
+    ) -> None:
+        self.topic = topic
+        self.number = number
+        self.writer = writer_of(topic, number)
+        self.checkpoint = checkpoint
+        # The previous owner's flush ends not stored everywhere yet: this
+        # owner's flushes must end exactly there, in order.
+        self.replay = list(checkpoint.intents)
+        # The next offset to apply (None until the first message when the
+        # group has committed nothing), and the end of the last flush.
+        self.next_offset = checkpoint.committed
+        self.flushed_to = checkpoint.committed
+        # Every state is a delta: the rows may hold offsets this owner never
+        # saw, so each is merged into its row unless the row covers it.
+        self.aggregator = Aggregator(hot_minutes=hot_minutes, all_incomplete=True, views=views)
+        self.in_flight: set[int] = set()  # flush ends submitted, not yet stored
+        self.end_offset: int | None = None  # the high watermark when last seen
+        self.paused = False
+        self.owned = True
+
+    def is_duplicate(self, offset: int) -> bool:
+        return self.next_offset is not None and offset < self.next_offset
+
+    def boundary_before(self, offset: int) -> int | None:
+        """A replayed flush end that must be flushed before ``offset`` is
+        applied."""
+        return self.replay[0] if self.replay and offset >= self.replay[0] else None
+
+    def apply(self, offset: int, batches: list[SeriesBatch] | None) -> None:
+        """Count ``offset`` as consumed, with its samples (None: invalid)."""
+        if self.checkpoint.committed is None:
+            # Nothing committed: consumption started here (the earliest
+            # offset kept), so nothing below it is this group's to store.
+            self.checkpoint.committed = offset
+            self.flushed_to = offset
+        if batches:
+            self.aggregator.apply(batches)
+        self.next_offset = offset + 1
+
+    def boundary_reached(self) -> int | None:
+        """The replayed flush end the consumed offsets have just reached."""
+        if self.replay and self.next_offset is not None and self.next_offset >= self.replay[0]:
+            return self.replay[0]
+        return None
+
+    def flush_end(self) -> int | None:
+        """Where a periodic flush would end: the next offset, if anything was
+        consumed since the last flush and no replayed end is pending (a
+        replay flushes only at its recorded ends)."""
+        if self.replay or self.next_offset is None or self.flushed_to is None:
+            return None
+        return self.next_offset if self.next_offset > self.flushed_to else None
+
+    def take(self, end: int) -> list[PendingPartial]:
+        """The aggregates of the offsets below ``end``, moved out for a flush."""
+        if self.replay and self.replay[0] == end:
+            self.replay.pop(0)
+        self.flushed_to = end
+        self.in_flight.add(end)
+        return self.aggregator.take_dirty()
+
+    def stored(self, end: int) -> None:
+        self.in_flight.discard(end)
+        self.checkpoint.stored(end)
+
+    @property
+    def lag(self) -> int | None:
+        committed = self.checkpoint.committed
+        if self.end_offset is None or committed is None:
+            return None
+        return max(self.end_offset - committed, 0)
