@@ -8,7 +8,6 @@ used, so the other commands never load librdkafka.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -18,49 +17,37 @@ from click.core import ParameterSource
 
 from metaas.client import Series
 from metaas.server.cli._errors import Refused, Unavailable
-from metaas.server.cli._params import ListOf, UsageError
+from metaas.server.cli._params import UsageError
+from metaas.server.config import KafkaConfig, Setting, setting_of
 
-# metaas.client.kafka.DEFAULT_TOPIC, which cannot be imported without librdkafka.
-DEFAULT_TOPIC: Final = "metaas.observations"
+# The rules metaas serve applies to its own --kafka-brokers and --kafka-topic.
+_BROKERS: Final = setting_of(KafkaConfig, "brokers")
+_TOPIC: Final = setting_of(KafkaConfig, "topic")
 # How long a message may wait for a broker: an unreachable one fails the
 # command after this long instead of after librdkafka's five minutes.
 DELIVERY_TIMEOUT_S: Final = 10.0
-# Kafka's own rule for topic names.
-_TOPIC: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
-class HostPort(click.ParamType[str, Any]):
-    """``HOST:PORT``, the port from 1 to 65535."""
+class Accepted(click.ParamType[str, Any]):
+    """Text that a setting of ``metaas serve`` accepts."""
 
-    name = "host:port"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        host, _, port = str(value).rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65_536:
-            self.fail(f"{value!r} is not HOST:PORT, such as 127.0.0.1:9092", param, ctx)
-        return str(value)
-
-
-class Topic(click.ParamType[str, Any]):
-    """A Kafka topic name."""
-
-    name = "topic"
+    def __init__(self, setting: Setting, metavar: str) -> None:
+        self.setting = setting
+        self.name = metavar
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        if not _TOPIC.fullmatch(str(value)):
-            self.fail(
-                f"{value!r} is not a Kafka topic name: 1 to 249 letters, digits, '.', '_' or '-'",
-                param,
-                ctx,
-            )
-        return str(value)
+        text = str(value).strip()
+        accepts = self.setting.accepts
+        if accepts is not None and not accepts.test(text):
+            self.fail(f"{value!r} is not {accepts.description}", param, ctx)
+        return text
 
 
 @dataclass(frozen=True, slots=True)
 class KafkaTarget:
     """Where ``metaas write --kafka-brokers`` produces."""
 
-    brokers: tuple[str, ...]
+    brokers: str
     topic: str
 
     def produce(self, batches: Iterable[Sequence[Series]], series: int) -> str:
@@ -79,9 +66,7 @@ class KafkaTarget:
             delivered = writer.delivered_samples
             produced = f"{delivered} samples were produced" if delivered else "nothing was produced"
             kind = Unavailable if error.is_retryable else Refused
-            raise kind(
-                f"Kafka at {','.join(self.brokers)} (--kafka-brokers): {error}; {produced}"
-            ) from error
+            raise kind(f"Kafka at {self.brokers} (--kafka-brokers): {error}; {produced}") from error
         return (
             f"produced {writer.delivered_samples} samples in {series} series to Kafka topic "
             f"{self.topic} ({writer.delivered_messages} messages)"
@@ -94,29 +79,24 @@ def kafka_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
             "--kafka-brokers",
-            type=ListOf(HostPort(), "HOST:PORT[,HOST:PORT]"),
-            metavar="HOST:PORT[,HOST:PORT]",
+            type=Accepted(_BROKERS, "HOST:PORT[,HOST:PORT]"),
             help="Produce the samples to Kafka through these brokers, for metaas serve "
             "--kafka-brokers to consume, instead of writing them to --target.",
         ),
         click.option(
             "--kafka-topic",
-            type=Topic(),
-            envvar="METAAS_KAFKA_TOPIC",
-            default=DEFAULT_TOPIC,
-            help="The topic to produce to, with --kafka-brokers. [env METAAS_KAFKA_TOPIC]",
+            type=Accepted(_TOPIC, "TOPIC"),
+            envvar=_TOPIC.env,
+            default=_TOPIC.default,
+            help=f"The topic to produce to, with --kafka-brokers. [env {_TOPIC.env}]",
         ),
     ]
 
     @functools.wraps(command)
-    def with_kafka(
-        *args: Any, kafka_brokers: tuple[str, ...] | None, kafka_topic: str, **kwargs: Any
-    ) -> Any:
+    def with_kafka(*args: Any, kafka_brokers: str | None, kafka_topic: str, **kwargs: Any) -> Any:
         # The brokers have no environment variable, unlike the topic: a shell
         # set up for `metaas serve --kafka-brokers` must not turn every write
         # into a Kafka one.
-        if kafka_brokers == ():
-            raise UsageError("--kafka-brokers: give HOST:PORT[,HOST:PORT], such as 127.0.0.1:9092")
         source = click.get_current_context().get_parameter_source("kafka_topic")
         if kafka_brokers is None and source is ParameterSource.COMMANDLINE:
             raise UsageError("--kafka-topic needs --kafka-brokers: give the brokers to produce to")
