@@ -4,6 +4,7 @@ delivered by close, and failures told with their count and cause."""
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from metaas.client.kafka import (
 from metaas.server.config import LimitsConfig
 from metaas.v1 import ingest_pb2
 from tests.backends.kafka import BOOTSTRAP, TIMEOUT_S, Record, admin, consume_all, topic
-from tests.support import free_port
+from tests.support import ROOT, free_port
 
 NOW = time.time_ns() // 1_000_000
 PARTITIONS = 6
@@ -218,6 +219,21 @@ def test_a_message_kafka_cannot_hold_is_refused_for_good(fresh_topic: str) -> No
     assert raised.value.is_retryable is False
     assert (raised.value.messages, raised.value.samples) == (1, 200_000)
     assert "too large" in str(raised.value).lower()
+
+
+def test_the_client_readme_example_produces_to_the_topic(fresh_topic: str) -> None:
+    # A ```py fence: the client's README test runs ```python blocks against
+    # a scripted gRPC server, which this example does not call.
+    readme = (ROOT / "client" / "README.md").read_text()
+    match = re.search(r"<!-- needs a Kafka broker: [^\n]*-->\n```py\n(.*?)```", readme, re.DOTALL)
+    assert match, "client/README.md has no Kafka example"
+    example = match[1]
+    assert '"metaas.observations"' in example
+    code = compile(example.replace('"metaas.observations"', repr(fresh_topic)), "README", "exec")
+    exec(code, {})  # noqa: S102  # the README's example, run as written
+    (record,) = consume_all(fresh_topic)
+    assert record.key == b"shop"
+    assert [s.labels["dyno"] for s in parsed(record).series] == ["web.1"]
 
 
 def test_limits_and_timeouts_are_checked() -> None:
