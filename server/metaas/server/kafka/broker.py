@@ -39,6 +39,30 @@ SESSION_TIMEOUT_MS: Final = 10_000
 # Blocking calls to the broker give up after this.
 CALL_TIMEOUT_S: Final = 10.0
 
+# librdkafka's own log lines; one failing connection repeats its line many
+# times a second, so each distinct line is logged at most once per interval.
+_REPEAT_INTERVAL_S: Final = 30.0
+
+
+class _Repeats(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        line = record.getMessage()
+        now = time.monotonic()
+        if now - self._last.get(line, -_REPEAT_INTERVAL_S) < _REPEAT_INTERVAL_S:
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[line] = now
+        return True
+
+
+_LIBRDKAFKA: Final = logging.getLogger("metaas.server.kafka.librdkafka")
+_LIBRDKAFKA.addFilter(_Repeats())
+
 Rebalanced = Callable[[list[tuple[str, int]]], Awaitable[None]]
 Assigned = Callable[[list[tuple[str, int, Checkpoint]]], Awaitable[None]]
 
@@ -78,7 +102,7 @@ class Broker:
             "bootstrap.servers": config.brokers,
             # Called from librdkafka's threads: hand over to the loop.
             "error_cb": lambda error: loop.call_soon_threadsafe(on_error, error),
-            "logger": logging.getLogger("metaas.server.kafka.librdkafka"),
+            "logger": _LIBRDKAFKA,
         }
         self._consumer = Consumer(
             {
