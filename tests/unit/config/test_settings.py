@@ -139,6 +139,13 @@ CONTRACT: dict[str, tuple[str, object]] = {
     "--guard-error-rate": ("METAAS_GUARD_ERROR_RATE", 0.05),
     "--guard-mismatch-rate": ("METAAS_GUARD_MISMATCH_RATE", 0.05),
     "--guard-min-samples": ("METAAS_GUARD_MIN_SAMPLES", 20),
+    "--kafka-brokers": ("METAAS_KAFKA_BROKERS", None),
+    "--kafka-topic": ("METAAS_KAFKA_TOPIC", "metaas.observations"),
+    "--kafka-group": ("METAAS_KAFKA_GROUP", "metaas"),
+    "--kafka-dead-letter-topic": (
+        "METAAS_KAFKA_DEAD_LETTER_TOPIC",
+        "metaas.observations.dead-letter",
+    ),
     "--log-level": ("METAAS_LOG_LEVEL", "info"),
 }
 SETTINGS = [*declared(Settings), LOG_LEVEL]
@@ -286,6 +293,10 @@ def _every_setting_changed(tmp_path: Path) -> dict[Setting, tuple[list[str], str
         "--guard-error-rate": "0.1",
         "--guard-mismatch-rate": "0.2",
         "--guard-min-samples": "5",
+        "--kafka-brokers": "kafka-1:9092,kafka-2:9092",
+        "--kafka-topic": "observations",
+        "--kafka-group": "metaas-eu",
+        "--kafka-dead-letter-topic": "observations.invalid",
         "--log-level": "debug",
     }
     changed = {s: ([s.flag, values[s.flag]], values[s.flag]) for s in SETTINGS if s.flag in values}
