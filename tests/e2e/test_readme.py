@@ -14,6 +14,8 @@ an HTML comment on the line before its fence: ``<!-- not run: reason -->``.
   shows (comment lines ending it: ``# ERROR: ...``) must be what it prints.
 - The ``python`` blocks of "### Python client" run in
   tests/unit/client/test_readme.py.
+- The ``sh`` block of "## Scaling out: Kafka ingest" runs in
+  tests/e2e/test_readme_scaling.py.
 
 A command block is a fence for a shell or Python, or any fence with a line
 that runs ``metaas``, ``grpcurl`` or ``make``.
@@ -37,6 +39,7 @@ from tests.unit.client import test_readme as client_readme
 
 README = ROOT / "README.md"
 RUN_HERE = "## Try it"
+SCALING_OUT = "## Scaling out: Kafka ingest"
 SHELLS = frozenset({"sh", "bash", "shell", "console", "zsh", "fish"})
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[ \t]*$")
 HEADING = re.compile(r"^(?P<level>#{1,6}) ")
@@ -78,6 +81,8 @@ class Block:
             return "tests/e2e/test_readme.py"
         if self.lang == "python" and self.subsection == "### Python client":
             return "tests/unit/client/test_readme.py"
+        if self.lang == "sh" and self.section == SCALING_OUT:
+            return "tests/e2e/test_readme_scaling.py"
         return None
 
 
