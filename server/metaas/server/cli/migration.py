@@ -85,6 +85,7 @@ def _status_lines(
             *_backend_lines(status),
             "",
             *_problem_lines(status.ingest_problems),
+            *_kafka_lines(status.kafka_partitions),
         ]
     share = f" ({100 * status.mismatches / status.comparisons:.1f}%)" if status.comparisons else ""
     lines = [
@@ -128,6 +129,7 @@ def _status_lines(
     else:
         lines.append("fallbacks  none")
     lines += _problem_lines(status.ingest_problems)
+    lines += _kafka_lines(status.kafka_partitions)
     lines += ["", *_flag_lines(status.flags)]
     return lines
 
@@ -177,6 +179,28 @@ def _problem_lines(problems: Sequence[str]) -> list[str]:
     if not problems:
         return ["ingest problems  none"]
     return ["ingest problems:", *(f"  {p}" for p in problems)]
+
+
+def _kafka_lines(partitions: Sequence[migration_pb2.KafkaPartition]) -> list[str]:
+    """The Kafka partitions this server consumes, if any, with their lag."""
+    if not partitions:
+        return []
+    rows = [
+        [
+            p.topic,
+            str(p.partition),
+            str(p.committed_offset),
+            str(p.end_offset),
+            str(p.lag),
+            "paused" if p.paused else "",
+        ]
+        for p in partitions
+    ]
+    total = sum(p.lag for p in partitions)
+    return [
+        f"kafka partitions ({len(partitions)}, lag {total} messages):",
+        *_table(["topic", "partition", "committed", "end", "lag", ""], rows, {1, 2, 3, 4}),
+    ]
 
 
 def _flag_lines(flags: str) -> list[str]:
