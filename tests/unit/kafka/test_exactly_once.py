@@ -224,10 +224,15 @@ class Consumer:
         self.submit(end)
 
     def submit(self, end: int) -> None:
-        """KafkaIngest._submit: queued behind the flushes before it, which
-        are stored, and reported stored, first (Checkpoint.stored relies on
-        that order)."""
-        self.queue.append((end, self.partition.take(end)))
+        """KafkaIngest._submit: queued behind the flushes before it; but a
+        flush with nothing to store (dead letters only) is reported stored
+        at once, as Delivery.submit does, while earlier flushes may still
+        wait (Partition.stored must not commit past them)."""
+        pending = self.partition.take(end)
+        if not pending:
+            self.partition.stored(end)
+            return
+        self.queue.append((end, pending))
 
     async def store(self, rows: int | None) -> None:
         """The delivery's worker, one attempt at the oldest flush; then

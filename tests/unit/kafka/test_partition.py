@@ -144,3 +144,19 @@ def test_stored_commits_a_flush_and_clears_its_intent() -> None:
     p.stored(12)
     assert p.in_flight == {13}
     assert p.checkpoint == Checkpoint(12, [13])
+
+
+def test_the_checkpoint_never_passes_a_flush_not_stored_yet() -> None:
+    # Flushes are reported stored out of order: one holding only dead
+    # letters at once, or one whose apps go to a backend that is faster.
+    p = partition(Checkpoint(100))
+    for end in (110, 112, 115):
+        p.apply(end - 1, samples(end - 1))
+        p.take(end)
+    p.stored(112)
+    assert p.checkpoint.committed == 100
+    p.stored(110)
+    assert p.checkpoint.committed == 112
+    p.stored(115)
+    assert p.checkpoint.committed == 115
+    assert p.in_flight == set()

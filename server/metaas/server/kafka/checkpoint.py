@@ -67,7 +67,7 @@ def _intents(metadata: str | None, committed: int | None) -> list[int]:
         if decoded.get("v") != _VERSION:
             return []
         ends = [int(e) for e in decoded["intents"]]
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError):
         return []
     floor = committed if committed is not None else -1
     return sorted({e for e in ends if e > floor})

@@ -40,6 +40,9 @@ class Partition:
         # saw, so each is merged into its row unless the row covers it.
         self.aggregator = Aggregator(hot_minutes=hot_minutes, all_incomplete=True, views=views)
         self.in_flight: set[int] = set()  # flush ends submitted, not yet stored
+        # Flush ends stored while an earlier one is not (a flush of dead
+        # letters only is stored at once; backends finish out of order).
+        self._stored_early: set[int] = set()
         self.end_offset: int | None = None  # the high watermark when last seen
         self.paused = False
         self.owned = True
@@ -86,8 +89,15 @@ class Partition:
         return self.aggregator.take_dirty()
 
     def stored(self, end: int) -> None:
+        """The flush ending at ``end`` is stored on every backend. The
+        checkpoint advances past it only once every earlier flush is too."""
         self.in_flight.discard(end)
-        self.checkpoint.stored(end)
+        self._stored_early.add(end)
+        waiting = min(self.in_flight, default=None)
+        ready = {e for e in self._stored_early if waiting is None or e < waiting}
+        if ready:
+            self.checkpoint.stored(max(ready))
+            self._stored_early -= ready
 
     @property
     def lag(self) -> int | None:
