@@ -452,7 +452,9 @@ class KafkaIngest:
     # The broker's health and the lag.
 
     def _broker_failed(self, error: KafkaError) -> None:
-        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+        # One connection dropping (an idle one the broker closed) is not the
+        # broker lost: the probe tells that; every broker down is.
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
             self._set_broker_error(error.str())
         else:
             log.warning("kafka: %s", error.str())
