@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -32,6 +32,7 @@ from metaas.server.kafka.checkpoint import Checkpoint
 from metaas.server.retry import backoff
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A member that stops heartbeating (killed) leaves the group after this;
 # its partitions move to the others. The broker accepts 6-300 s by default.
@@ -63,7 +64,17 @@ class _Repeats(logging.Filter):
 _LIBRDKAFKA: Final = logging.getLogger("metaas.server.kafka.librdkafka")
 _LIBRDKAFKA.addFilter(_Repeats())
 
+
+def log_client_error(error: KafkaError) -> None:
+    """A librdkafka error the client recovers from by itself (a refused
+    connection, a timed-out request): logged, each distinct line at most
+    once per interval."""
+    _LIBRDKAFKA.warning("%s", error.str())
+
+
 Rebalanced = Callable[[list[tuple[str, int]]], Awaitable[None]]
+# Revoked partitions' last checkpoints, by number, to commit before letting go.
+Released = Callable[[list[tuple[str, int]]], Awaitable[list[tuple[int, Checkpoint]]]]
 Assigned = Callable[[list[tuple[str, int, Checkpoint]]], Awaitable[None]]
 
 
@@ -88,7 +99,7 @@ class Broker:
         loop: asyncio.AbstractEventLoop,
         *,
         on_assigned: Assigned,
-        on_revoked: Rebalanced,
+        on_revoked: Released,
         on_lost: Rebalanced,
         on_error: Callable[[KafkaError], None],
     ) -> None:
@@ -147,13 +158,16 @@ class Broker:
     async def commit(self, checkpoints: Sequence[tuple[int, Checkpoint]]) -> None:
         """Store the checkpoints of these partitions (by number) in the group;
         raise NotOwner if the group refuses any of them."""
-        offsets = [
+        offsets = self._offsets(checkpoints)
+        if offsets:
+            await asyncio.to_thread(self._commit, offsets)
+
+    def _offsets(self, checkpoints: Sequence[tuple[int, Checkpoint]]) -> list[TopicPartition]:
+        return [
             TopicPartition(self._config.topic, number, c.committed, metadata=c.metadata())
             for number, c in checkpoints
             if c.committed is not None
         ]
-        if offsets:
-            await asyncio.to_thread(self._commit, offsets)
 
     def _commit(self, offsets: list[TopicPartition]) -> None:
         try:
@@ -249,17 +263,26 @@ class Broker:
         self._wait(self._on_assigned(taken))
 
     def _revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._wait(self._on_revoked([(tp.topic, tp.partition) for tp in partitions]))
+        released = self._wait(self._on_revoked([(tp.topic, tp.partition) for tp in partitions]))
+        # Committed here, on the thread running the callback: the group
+        # serves nothing else until the callback returns, so a commit from
+        # another thread would wait for it forever (on close, say).
+        offsets = self._offsets(released)
+        if offsets:
+            try:
+                self._commit(offsets)
+            except Exception as error:  # noqa: BLE001 - the next owner replays from the last commit
+                log.info("kafka: final commit of released partitions failed (%s)", error)
 
     def _lose(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._wait(self._on_lost([(tp.topic, tp.partition) for tp in partitions]))
 
-    def _wait(self, work: Awaitable[None]) -> None:
-        asyncio.run_coroutine_threadsafe(_run(work), self._loop).result()
+    def _wait(self, work: Awaitable[T]) -> T:
+        return asyncio.run_coroutine_threadsafe(_run(work), self._loop).result()
 
 
-async def _run(work: Awaitable[None]) -> None:
-    await work
+async def _run(work: Awaitable[T]) -> T:
+    return await work
 
 
 def _offset(partition: TopicPartition) -> int:

@@ -38,7 +38,7 @@ from metaas.server.api.validation import validate_write
 from metaas.server.clock import Clock
 from metaas.server.config import IngestConfig, KafkaConfig, LimitsConfig, ViewsConfig
 from metaas.server.ingest import IngestPipeline, SeriesBatch
-from metaas.server.kafka.broker import Broker, NotOwner
+from metaas.server.kafka.broker import Broker, NotOwner, log_client_error
 from metaas.server.kafka.checkpoint import MAX_INTENTS, Checkpoint
 from metaas.server.kafka.partition import Partition
 from metaas.server.retry import backoff, describe_error
@@ -53,6 +53,7 @@ _POLL_MESSAGES: Final = 1000
 _POLL_TIMEOUT_S: Final = 0.1
 # How often lag and the broker's reachability are checked.
 _PROBE_INTERVAL_S: Final = 2.0
+_PROBE_DEADLINE_S: Final = 5.0
 # How long a revoked partition's flushes may take to be stored before they
 # are given up (its next owner replays them).
 _REVOKE_WAIT_S: Final = 10.0
@@ -104,6 +105,7 @@ class KafkaIngest:
         self._dead_letters_failed = 0
         self._broker_error: str | None = None  # while the broker is unreachable
         self._commit_error: str | None = None
+        self._asked_at = 0.0  # when the probe's request under way was sent
         meter = telemetry.meter
         self._messages = meter.create_counter(
             "metaas.kafka.messages",
@@ -224,8 +226,10 @@ class KafkaIngest:
     async def _take(self, message: Message) -> None:
         error = message.error()
         if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("kafka: %s", error.str())
+            if error.code() == KafkaError._ALL_BROKERS_DOWN:
+                self._set_broker_error(error.str())
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log_client_error(error)
             return
         number, offset = message.partition(), message.offset()
         # Set on every consumed message.
@@ -407,10 +411,10 @@ class KafkaIngest:
                 f", replaying to flush ends {checkpoint.intents}" if checkpoint.intents else "",
             )
 
-    async def _revoked(self, given: list[tuple[str, int]]) -> None:
+    async def _revoked(self, given: list[tuple[str, int]]) -> list[tuple[int, Checkpoint]]:
         """Let go of partitions: drop what was not flushed (the next owner
         replays it), wait a while for flushes under way to be stored, give
-        up the rest, and commit what was stored."""
+        up the rest; return their checkpoints, which the callback commits."""
         released = [p for _, n in given if (p := self._partitions.pop(n, None)) is not None]
         for partition in released:
             partition.owned = False
@@ -429,14 +433,9 @@ class KafkaIngest:
                     dropped,
                 )
             self._by_writer.pop(partition.writer, None)
-        try:
-            async with self._commit_lock:
-                assert self._broker is not None
-                await self._broker.commit([(p.number, p.checkpoint) for p in released])
-        except Exception as error:  # noqa: BLE001 - the next owner replays from the last commit
-            log.info("kafka: final commit of released partitions failed (%s)", error)
         if released:
             log.info("kafka: released partitions %s", [p.number for p in released])
+        return [(p.number, p.checkpoint) for p in released]
 
     async def _lost(self, given: list[tuple[str, int]]) -> None:
         """Partitions taken away without a revoke (the session expired):
@@ -457,7 +456,7 @@ class KafkaIngest:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
             self._set_broker_error(error.str())
         else:
-            log.warning("kafka: %s", error.str())
+            log_client_error(error)
 
     def _set_broker_error(self, error: str | None) -> None:
         was_lost = self._broker_error is not None
@@ -471,19 +470,44 @@ class KafkaIngest:
                 asyncio.get_running_loop().create_task(self._on_broker(error is None))
 
     async def _probe(self) -> None:
+        """Ask the broker for the partitions' ends every few seconds. No
+        answer within the deadline means the broker is lost: librdkafka's
+        own timeout is not always kept while every broker is down, so the
+        wait is bounded here, and one request at a time is left running."""
         assert self._broker is not None
-        while True:
-            await asyncio.sleep(_PROBE_INTERVAL_S)
-            try:
-                ends = await self._broker.end_offsets(list(self._partitions))
-            except Exception as error:  # noqa: BLE001 - reported as the broker being lost
-                self._set_broker_error(describe_error(error))
-                continue
-            self._set_broker_error(None)
-            for number, end in ends.items():
-                partition = self._partitions.get(number)
-                if partition is not None:
-                    partition.end_offset = end
+        asking: asyncio.Future[dict[int, int]] | None = None
+        try:
+            while True:
+                await asyncio.sleep(_PROBE_INTERVAL_S)
+                asking = await self._probe_once(asking)
+        finally:
+            if asking is not None:
+                asking.cancel()  # its answer, or the consumer closing, is of no interest
+
+    async def _probe_once(
+        self, asking: asyncio.Future[dict[int, int]] | None
+    ) -> asyncio.Future[dict[int, int]] | None:
+        """One probe; returns the request still unanswered, if any."""
+        assert self._broker is not None
+        if asking is None:
+            asking = asyncio.ensure_future(self._broker.end_offsets(list(self._partitions)))
+            self._asked_at = time.monotonic()
+        done, _ = await asyncio.wait({asking}, timeout=_PROBE_DEADLINE_S)
+        if not done:
+            waited = time.monotonic() - self._asked_at
+            self._set_broker_error(f"no answer from the brokers for {waited:.0f} s")
+            return asking
+        try:
+            ends = asking.result()
+        except Exception as error:  # noqa: BLE001 - reported as the broker being lost
+            self._set_broker_error(describe_error(error))
+            return None
+        self._set_broker_error(None)
+        for number, end in ends.items():
+            partition = self._partitions.get(number)
+            if partition is not None:
+                partition.end_offset = end
+        return None
 
     def _observe_lag(self, _options: CallbackOptions) -> Iterable[Observation]:
         for status in self.partitions():
