@@ -160,3 +160,15 @@ def test_the_checkpoint_never_passes_a_flush_not_stored_yet() -> None:
     p.stored(115)
     assert p.checkpoint.committed == 115
     assert p.in_flight == set()
+
+
+def test_a_flush_of_an_earlier_owner_does_not_move_the_checkpoint() -> None:
+    # The partition came back to this replica while a flush of its previous
+    # ownership (withdrawn, but already being written) was finishing.
+    p = partition(Checkpoint(100))
+    p.apply(104, samples(104))
+    p.take(105)
+    p.stored(130)
+    assert p.checkpoint.committed == 100
+    p.stored(105)
+    assert p.checkpoint.committed == 105

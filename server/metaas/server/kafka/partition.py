@@ -90,7 +90,11 @@ class Partition:
 
     def stored(self, end: int) -> None:
         """The flush ending at ``end`` is stored on every backend. The
-        checkpoint advances past it only once every earlier flush is too."""
+        checkpoint advances past it only once every earlier flush is too.
+        A flush this owner did not submit (one of an earlier owner in this
+        process, withdrawn but already being written) is not its to count."""
+        if end not in self.in_flight:
+            return
         self.in_flight.discard(end)
         self._stored_early.add(end)
         waiting = min(self.in_flight, default=None)
