@@ -1,5 +1,6 @@
 """The summary: headline figures, targets of issue 8 (and, through
-``tenant_report``, of issue 13), machine, and the table."""
+``tenant_report`` and ``kafka_report``, of issues 13 and 16), machine, and
+the table."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import tenant_report
+from bench import kafka_report, tenant_report
 from bench._figures import get as _get
 from bench._figures import num as _num
 from bench._figures import ratio as _ratio
@@ -31,6 +32,7 @@ TARGETS: list[tuple[str, str, float, str]] = [
     ("shadow_overhead_ratio", "<=", 1.10, "shadow at ratio 1.0 adds <= 10% to median latency"),
     ("rss_mib_100k_series", "<", 1024, "RSS < 1 GiB with 100,000 active series"),
     *tenant_report.TARGETS,
+    *kafka_report.TARGETS,
 ]
 
 
@@ -66,7 +68,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     flat["shadow_overhead_ratio"] = _get(results, "shadow", "ratio")
     flat["shadow_inline_overhead_ratio"] = _get(results, "shadow_inline", "ratio")
     flat["rss_mib_100k_series"] = _get(results, "rss", "rss_mib")
-    return flat | tenant_report.headline(results)
+    return flat | tenant_report.headline(results) | kafka_report.headline(results)
 
 
 def targets(flat: dict[str, Any]) -> list[dict[str, Any]]:
@@ -125,6 +127,8 @@ def rows(results: dict[str, Any], flat: dict[str, Any]) -> list[Row]:
         out += _issue8_rows(results, flat)
     if results.get("tenant"):
         out += tenant_report.rows(results, flat, lambda *keys: _met(flat, *keys))
+    if results.get("kafka"):
+        out += kafka_report.rows(results, flat, lambda *keys: _met(flat, *keys))
     return out
 
 
@@ -267,7 +271,7 @@ HEADERS = ("scenario", "figure", "metaas", "baseline", "ratio", "target", "met")
 
 def table(table_rows: list[Row]) -> str:
     widths = [
-        max(len(h), *(len(str(r[c])) for r in table_rows))
+        max([len(h), *(len(str(r[c])) for r in table_rows)])
         for c, h in zip(COLUMNS, HEADERS, strict=True)
     ]
     lines = [" | ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True))]

@@ -1,11 +1,12 @@
 """Run every scenario beside its baseline, print the table, write the JSON.
 
     python -m bench.run [--duration 10] [--backends sqlite,cassandra,dynamodb]
-                        [--only codec,backends,rss,shadow,tenant]
+                        [--only codec,backends,rss,shadow,tenant,kafka]
                         [--profile] [--out bench/results/latest.json]
 
-Cassandra (127.0.0.1:9042) and the DynamoDB emulator (127.0.0.1:8000) are
-used when they answer; ``scripts/bench.sh`` starts them first.
+Cassandra (127.0.0.1:9042), the DynamoDB emulator (127.0.0.1:8000) and
+Kafka (127.0.0.1:9092) are used when they answer; ``scripts/bench.sh``
+starts them first.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench import codec, report, scenarios, tenant
+from bench import codec, kafka, report, scenarios, tenant
+from bench._figures import get as _get
 from bench._process import BIN, ROOT, Child, metaas_server
 from bench.ghz import available as ghz_available
 from bench.profile import Profiler
@@ -33,10 +35,12 @@ from bench.profile import Profiler
 T = TypeVar("T")
 CASSANDRA = ("127.0.0.1", 9042)
 DYNAMODB = ("127.0.0.1", 8000)
+KAFKA = ("127.0.0.1", 9092)
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
 # ``--only`` names: the codec; ingest, query and 7 days on each backend; RSS
-# and shadow (embedded store); the tenant scenario of issue 13 on each backend.
-SCENARIOS = ("codec", "backends", "rss", "shadow", "tenant")
+# and shadow (embedded store); the tenant scenario of issue 13 on each backend;
+# the Kafka ingest of issue 16 (embedded store).
+SCENARIOS = ("codec", "backends", "rss", "shadow", "tenant", "kafka")
 
 
 def _log(message: str) -> None:
@@ -226,6 +230,14 @@ def main() -> int:
                     "shadow vs off, on the serving loop",
                     lambda: scenarios.shadow(settings, workers=0),
                 )
+            if "kafka" in only:
+                if _reachable(KAFKA):
+                    results["kafka"] = runner.step(
+                        "kafka ingest, 1 then 2 consumers",
+                        partial(kafka.run, settings, _get(results, "backends", "sqlite", "ingest")),
+                    )
+                else:
+                    results["skipped"]["kafka"] = "not reachable on 127.0.0.1:9092"
         if "tenant" in only:
             results["tenant"] = {}
             for name, (storage, env) in storages.items():

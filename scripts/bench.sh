@@ -1,24 +1,36 @@
 #!/usr/bin/env bash
 # `make bench`: every scenario of issue 8 beside its baseline (bench/README.md).
-# Installs ghz into .tools/bin if missing, starts Cassandra and the DynamoDB
-# emulator when they are not running (and stops only those it started), then
-# runs bench/run.py, which prints the table and writes bench/results/latest.json.
-#   scripts/bench.sh [--duration S] [--backends sqlite,cassandra,dynamodb] [--profile]
+# Installs ghz into .tools/bin if missing, starts Cassandra, the DynamoDB
+# emulator and Kafka when they are not running and a selected scenario uses
+# them (and stops only those it started), then runs bench/run.py, which
+# prints the table and writes bench/results/latest.json.
+#   scripts/bench.sh [--duration S] [--backends sqlite,cassandra,dynamodb]
+#                    [--only SCENARIO,...] [--profile]
 # BENCH_DURATION_S and BENCH_BACKENDS set the same defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GHZ_VERSION=v0.120.0
 BACKENDS=${BENCH_BACKENDS:-sqlite,cassandra,dynamodb}
+ONLY=""  # every scenario
 for ((i = 1; i <= $#; i++)); do
+  j=$((i + 1))
   case "${!i}" in
-    --backends)
-      j=$((i + 1))
-      BACKENDS=${!j:-}
-      ;;
+    --backends) BACKENDS=${!j:-} ;;
     --backends=*) BACKENDS=${!i#--backends=} ;;
+    --only) ONLY=${!j:-} ;;
+    --only=*) ONLY=${!i#--only=} ;;
   esac
 done
+
+# Whether the run uses a service: a backend when it is selected, Kafka when
+# its scenario is (it runs on the embedded store).
+used() {
+  case "$1" in
+    kafka) used sqlite && { [ -z "$ONLY" ] || [[ ",$ONLY," == *",kafka,"* ]]; } ;;
+    *) [[ ",$BACKENDS," == *",$1,"* ]] ;;
+  esac
+}
 
 if [ ! -x .venv/bin/python ]; then
   echo "bench: .venv is missing; run 'make install' first" >&2
@@ -39,10 +51,7 @@ stop_started() {
 trap stop_started EXIT
 
 for name in $(./scripts/services.sh missing); do
-  case ",$BACKENDS," in
-    *",$name,"*) ;;
-    *) continue ;;
-  esac
+  used "$name" || continue
   echo "bench: starting $name (stopped again at the end)" >&2
   if ./scripts/services.sh up "$name" >&2; then
     started+=("$name")
