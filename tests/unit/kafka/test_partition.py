@@ -172,3 +172,13 @@ def test_a_flush_of_an_earlier_owner_does_not_move_the_checkpoint() -> None:
     assert p.checkpoint.committed == 100
     p.stored(105)
     assert p.checkpoint.committed == 105
+
+
+def test_messages_are_aggregated_together_each_series_joined() -> None:
+    p = partition(Checkpoint(0))
+    for offset in range(3):
+        p.apply(offset, samples(offset))
+    assert len(p.aggregator) == 0  # applied, not aggregated until settled
+    p.settle()
+    assert len(p.aggregator) == 2  # the series' minute and hour, once each
+    assert held(p.take(3)) == (0 + 1 + 2, 3)

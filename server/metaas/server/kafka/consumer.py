@@ -51,6 +51,8 @@ WRITER_PREFIX: Final = "kafka/"
 # Messages taken per poll, and how long a poll waits for the first.
 _POLL_MESSAGES: Final = 1000
 _POLL_TIMEOUT_S: Final = 0.1
+# Work done on the serving loop before it is let go (queries wait meanwhile).
+_SLICE_S: Final = 0.02
 # How often lag and the broker's reachability are checked.
 _PROBE_INTERVAL_S: Final = 2.0
 _PROBE_DEADLINE_S: Final = 5.0
@@ -211,8 +213,7 @@ class KafkaIngest:
         while True:
             try:
                 messages = await self._broker.poll(_POLL_MESSAGES, _POLL_TIMEOUT_S)
-                for message in messages:
-                    await self._take(message)
+                await self._take_all(messages)
                 if time.monotonic() - self._last_flush >= self._ingest.flush_interval_s:
                     await self._flush()
                 self._pace()
@@ -222,6 +223,22 @@ class KafkaIngest:
             except Exception:
                 log.exception("consuming from Kafka failed; retrying")
                 await asyncio.sleep(next(delays))
+
+    async def _take_all(self, messages: list[Message]) -> None:
+        """Take a poll's messages; aggregate them in slices of about
+        _SLICE_S of work, letting the serving loop run between slices."""
+        started = time.monotonic()
+        for message in messages:
+            await self._take(message)
+            if time.monotonic() - started > _SLICE_S:
+                self._settle()
+                await asyncio.sleep(0)
+                started = time.monotonic()
+        self._settle()
+
+    def _settle(self) -> None:
+        for partition in self._partitions.values():
+            partition.settle()
 
     async def _take(self, message: Message) -> None:
         error = message.error()

@@ -4,9 +4,12 @@ a replay must reproduce."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from metaas.server.ingest.aggregator import Aggregator, PendingPartial
 from metaas.server.ingest.records import SeriesBatch
 from metaas.server.kafka.checkpoint import Checkpoint
+from metaas.server.model import SeriesKey
 
 
 def writer_of(topic: str, number: int) -> str:
@@ -39,6 +42,7 @@ class Partition:
         # Every state is a delta: the rows may hold offsets this owner never
         # saw, so each is merged into its row unless the row covers it.
         self.aggregator = Aggregator(hot_minutes=hot_minutes, all_incomplete=True, views=views)
+        self._unsettled: list[SeriesBatch] = []  # applied, not aggregated yet
         self.in_flight: set[int] = set()  # flush ends submitted, not yet stored
         # Flush ends stored while an earlier one is not (a flush of dead
         # letters only is stored at once; backends finish out of order).
@@ -56,15 +60,24 @@ class Partition:
         return self.replay[0] if self.replay and offset >= self.replay[0] else None
 
     def apply(self, offset: int, batches: list[SeriesBatch] | None) -> None:
-        """Count ``offset`` as consumed, with its samples (None: invalid)."""
+        """Count ``offset`` as consumed, with its samples (None: invalid).
+        The samples are aggregated by :meth:`settle`."""
         if self.checkpoint.committed is None:
             # Nothing committed: consumption started here (the earliest
             # offset kept), so nothing below it is this group's to store.
             self.checkpoint.committed = offset
             self.flushed_to = offset
         if batches:
-            self.aggregator.apply(batches)
+            self._unsettled.extend(batches)
         self.next_offset = offset + 1
+
+    def settle(self) -> None:
+        """Aggregate the samples applied since the last call in one pass, each
+        series' samples of every message joined first: a series pays one
+        merge into its minute and hour per pass, not one per message."""
+        if self._unsettled:
+            batches, self._unsettled = self._unsettled, []
+            self.aggregator.apply(_joined(batches))
 
     def boundary_reached(self) -> int | None:
         """The replayed flush end the consumed offsets have just reached."""
@@ -82,6 +95,7 @@ class Partition:
 
     def take(self, end: int) -> list[PendingPartial]:
         """The aggregates of the offsets below ``end``, moved out for a flush."""
+        self.settle()
         if self.replay and self.replay[0] == end:
             self.replay.pop(0)
         self.flushed_to = end
@@ -109,3 +123,20 @@ class Partition:
         if self.end_offset is None or committed is None:
             return None
         return max(self.end_offset - committed, 0)
+
+
+def _joined(batches: list[SeriesBatch]) -> list[SeriesBatch]:
+    """One batch per series, its samples in the order they came."""
+    by_series: dict[SeriesKey, list[SeriesBatch]] = {}
+    for batch in batches:
+        by_series.setdefault(batch.series, []).append(batch)
+    return [
+        parts[0]
+        if len(parts) == 1
+        else SeriesBatch(
+            series,
+            np.concatenate([b.times_ms for b in parts]),
+            np.concatenate([b.values for b in parts]),
+        )
+        for series, parts in by_series.items()
+    ]
