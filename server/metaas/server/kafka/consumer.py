@@ -493,13 +493,9 @@ class KafkaIngest:
         wait is bounded here, and one request at a time is left running."""
         assert self._broker is not None
         asking: asyncio.Future[dict[int, int]] | None = None
-        try:
-            while True:
-                await asyncio.sleep(_PROBE_INTERVAL_S)
-                asking = await self._probe_once(asking)
-        finally:
-            if asking is not None:
-                asking.cancel()  # its answer, or the consumer closing, is of no interest
+        while True:
+            await asyncio.sleep(_PROBE_INTERVAL_S)
+            asking = await self._probe_once(asking)
 
     async def _probe_once(
         self, asking: asyncio.Future[dict[int, int]] | None
@@ -508,6 +504,9 @@ class KafkaIngest:
         assert self._broker is not None
         if asking is None:
             asking = asyncio.ensure_future(self._broker.end_offsets(list(self._partitions)))
+            # Its outcome is read below, or not at all when the probe stops
+            # first (the consumer closing): then it is dropped quietly.
+            asking.add_done_callback(_dropped)
             self._asked_at = time.monotonic()
         done, _ = await asyncio.wait({asking}, timeout=_PROBE_DEADLINE_S)
         if not done:
@@ -531,3 +530,8 @@ class KafkaIngest:
             yield Observation(
                 status.lag, {"topic": status.topic, "partition": str(status.partition)}
             )
+
+
+def _dropped(request: asyncio.Future[dict[int, int]]) -> None:
+    if not request.cancelled():
+        request.exception()  # marks it retrieved
