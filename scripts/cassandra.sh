@@ -17,7 +17,6 @@ HEAP=${METAAS_CASSANDRA_HEAP:-1G}
 START_TIMEOUT_S=${METAAS_CASSANDRA_START_TIMEOUT_S:-180}
 HOST=127.0.0.1
 PORT=9042
-DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
 
 STATE="$PWD/.services/cassandra"
 DIST="$STATE/dist/$VERSION"   # lib/ with every jar the node needs
@@ -64,20 +63,9 @@ fetch() {
     # The binary distribution is not published to Maven Central for every
     # release: the server jar and its runtime dependencies are all there is.
     say "no binary distribution for $VERSION; using cassandra-all and its dependencies"
-    if ! mvn -B -q -f "$TEMPLATES/pom.xml" "$DEPENDENCY_PLUGIN:copy-dependencies" \
-        -Dcassandra.version="$VERSION" -DincludeScope=runtime \
-        -DoutputDirectory="$work/dist/lib" >"$work/mvn.log" 2>&1; then
-      cat "$work/mvn.log" >&2
-      say "could not fetch Cassandra $VERSION"
-      exit 1
-    fi
+    maven_jars "$work" "cassandra.version=$VERSION"
   fi
-  rm -rf "$DIST"
-  mkdir -p "$(dirname "$DIST")"
-  mv "$work/dist" "$DIST"
-  touch "$DIST/.complete"
-  rm -rf "$work"
-  say "cached in ${DIST#"$PWD"/}"
+  install_dist "$work"
 }
 
 configure() {

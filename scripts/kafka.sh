@@ -20,7 +20,6 @@ HEAP=${METAAS_KAFKA_HEAP:-512m}
 START_TIMEOUT_S=${METAAS_KAFKA_START_TIMEOUT_S:-120}
 HOST=127.0.0.1
 PORT=9092
-DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
 
 STATE="$PWD/.services/kafka"
 DIST="$STATE/dist/$VERSION"   # lib/ with every jar the node and its tools need
@@ -64,19 +63,8 @@ fetch() {
   rm -rf "$work"
   mkdir -p "$work"
   say "fetching Apache Kafka $VERSION (kafka_2.13, kafka-tools) with Maven"
-  if ! mvn -B -q -f "$TEMPLATES/pom.xml" "$DEPENDENCY_PLUGIN:copy-dependencies" \
-      -Dkafka.version="$VERSION" -DincludeScope=runtime \
-      -DoutputDirectory="$work/dist/lib" >"$work/mvn.log" 2>&1; then
-    cat "$work/mvn.log" >&2
-    say "could not fetch Kafka $VERSION"
-    exit 1
-  fi
-  rm -rf "$DIST"
-  mkdir -p "$(dirname "$DIST")"
-  mv "$work/dist" "$DIST"
-  touch "$DIST/.complete"
-  rm -rf "$work"
-  say "cached in ${DIST#"$PWD"/} ($(find "$DIST/lib" -name '*.jar' | wc -l) jars)"
+  maven_jars "$work" "kafka.version=$VERSION"
+  install_dist "$work"
 }
 
 configure() {

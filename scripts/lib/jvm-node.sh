@@ -7,9 +7,10 @@
 #   MAIN_PATTERN  a pattern its command line matches (guards against reused pids)
 #   PROTOCOL      what answering means in messages ("CQL", "Kafka")
 #   MAIN_LOG      the node's own log file under $RUN/logs
-# and RUN, HOST, PORT, HEAP, START_TIMEOUT_S, and the functions answers (does
-# the node answer?), jvm_options (one JVM option per line) and boot (fetch,
-# configure, then `launch` the node).
+# and RUN, HOST, PORT, HEAP, START_TIMEOUT_S, DIST (where the node's jars are
+# cached), TEMPLATES (its pom.xml and configuration templates), and the
+# functions answers (does the node answer?), jvm_options (one JVM option per
+# line) and boot (fetch, configure, then `launch` the node).
 
 say() { echo "$NODE: $*" >&2; }
 
@@ -38,6 +39,34 @@ need() {
       || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$package" >&2; }
   fi
   command -v "$command" >/dev/null || { say "$command is needed (package $package)"; exit 1; }
+}
+
+# The Maven plugin that copies a pom's dependencies.
+DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
+
+# `maven_jars WORK PROPERTY=VALUE`: the runtime dependencies of
+# $TEMPLATES/pom.xml, at that version property, into WORK/dist/lib; on
+# failure print Maven's log and exit.
+maven_jars() {
+  local work=$1 version=$2
+  if ! mvn -B -q -f "$TEMPLATES/pom.xml" "$DEPENDENCY_PLUGIN:copy-dependencies" \
+      -D"$version" -DincludeScope=runtime \
+      -DoutputDirectory="$work/dist/lib" >"$work/mvn.log" 2>&1; then
+    cat "$work/mvn.log" >&2
+    say "could not fetch ${version#*=} with Maven"
+    exit 1
+  fi
+}
+
+# `install_dist WORK`: WORK/dist becomes $DIST, marked complete, and WORK goes.
+install_dist() {
+  local work=$1
+  rm -rf "$DIST"
+  mkdir -p "$(dirname "$DIST")"
+  mv "$work/dist" "$DIST"
+  touch "$DIST/.complete"
+  rm -rf "$work"
+  say "cached in ${DIST#"$PWD"/} ($(find "$DIST/lib" -name '*.jar' | wc -l) jars)"
 }
 
 java_major() { "$1" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
