@@ -10,11 +10,12 @@ would otherwise share a bug with.
 from __future__ import annotations
 
 import contextlib
+import random
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -286,6 +287,53 @@ class Publisher:
             failed = [p for p in pending if not isinstance(p, Record)]
             raise AssertionError(f"{left} messages unsent, failed deliveries: {failed[:5]}")
         return [p for p in pending if isinstance(p, Record)]
+
+
+# Count and sum per series, keyed by (app, the series' "part" label).
+Totals = dict[tuple[str, str], tuple[int, float]]
+
+
+def planned_rounds(
+    seed: int, now_ms: int, *, apps: Sequence[str], parts: Sequence[str], metric: str, rounds: int
+) -> list[list[ingest_pb2.WriteRequest]]:
+    """A known load, round by round: one request for each of half the apps
+    (in turn), with 1 to 4 samples for each series (one per part label)
+    within the 10 minutes before ``now_ms``. Values are multiples of 0.25
+    below 1000, so every sum is exact in float64 in any order."""
+    rng = random.Random(seed)
+    planned = []
+    for number in range(rounds):
+        requests = []
+        for app in apps[number % 2 :: 2]:
+            series = []
+            for part in parts:
+                n = rng.randint(1, 4)
+                series.append(
+                    ingest_pb2.SeriesSamples(
+                        app=app,
+                        metric=metric,
+                        labels={"part": part},
+                        times_ms=[now_ms - rng.randrange(600_000) for _ in range(n)],
+                        values=[rng.randrange(4000) / 4 for _ in range(n)],
+                    )
+                )
+            requests.append(ingest_pb2.WriteRequest(series=series))
+        planned.append(requests)
+    return planned
+
+
+def add_totals(totals: Totals, series: ingest_pb2.SeriesSamples) -> None:
+    key = (series.app, series.labels["part"])
+    count, total = totals.get(key, (0, 0.0))
+    totals[key] = (count + len(series.values), total + sum(series.values))
+
+
+def totals_of(requests: Iterable[ingest_pb2.WriteRequest]) -> Totals:
+    totals: Totals = {}
+    for request in requests:
+        for series in request.series:
+            add_totals(totals, series)
+    return totals
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ backend, read from each directly."""
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
 import time
 from collections.abc import Iterator
@@ -34,8 +33,7 @@ ROUND_S = 0.4  # 25 rounds of one message for each of half the apps: 300 over 10
 OUTAGE_ROUND = 5
 KILL_ROUND = 14
 
-Key = tuple[str, str]  # (app, part)
-Totals = dict[Key, tuple[int, float]]  # count and sum per series
+Totals = kafka.Totals
 
 
 @pytest.fixture
@@ -47,41 +45,7 @@ def proxy() -> Iterator[FaultProxy]:
 
 
 def _plan(seed: int, now_ms: int) -> list[list[ingest_pb2.WriteRequest]]:
-    """Per round, one request for each of half the apps (in turn), with 1
-    to 4 samples in each of its series within the last 10 minutes. Values
-    are multiples of 0.25 below 1000, so every sum is exact in float64 in
-    any order."""
-    rng = random.Random(seed)
-    rounds = []
-    for number in range(ROUNDS):
-        requests = []
-        for app in APPS[number % 2 :: 2]:
-            series = []
-            for part in PARTS:
-                n = rng.randint(1, 4)
-                series.append(
-                    ingest_pb2.SeriesSamples(
-                        app=app,
-                        metric=METRIC,
-                        labels={"part": part},
-                        times_ms=[now_ms - rng.randrange(10 * MINUTE) for _ in range(n)],
-                        values=[rng.randrange(4000) / 4 for _ in range(n)],
-                    )
-                )
-            requests.append(ingest_pb2.WriteRequest(series=series))
-        rounds.append(requests)
-    return rounds
-
-
-def _totals(rounds: list[list[ingest_pb2.WriteRequest]]) -> Totals:
-    totals: Totals = {}
-    for requests in rounds:
-        for request in requests:
-            for series in request.series:
-                key = (series.app, series.labels["part"])
-                count, total = totals.get(key, (0, 0.0))
-                totals[key] = (count + len(series.values), total + sum(series.values))
-    return totals
+    return kafka.planned_rounds(seed, now_ms, apps=APPS, parts=PARTS, metric=METRIC, rounds=ROUNDS)
 
 
 def _stream(
@@ -261,7 +225,7 @@ def test_every_message_counts_once_on_both_backends_across_an_outage_and_a_kill(
             kafka.wait_consumed(group, topic, timeout=60)
             catch_up_s = time.monotonic() - healed
 
-            want = _totals(rounds)
+            want = kafka.totals_of(r for requests in rounds for r in requests)
             assert asyncio.run(_read_totals(old_url, start_ms, end_ms)) == want
             assert asyncio.run(_read_totals(table_url, start_ms, end_ms)) == want
             assert kafka.consume_all(dead_letter) == []

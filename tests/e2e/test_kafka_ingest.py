@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import math
-import random
 import threading
 import time
 import uuid
@@ -41,8 +40,7 @@ ROUND_S = 0.45  # 36 rounds of 12 messages: 432 messages over about 16 s
 KILL_ROUND = 10
 RESTART_ROUND = 22
 
-Key = tuple[str, str]  # (app, part)
-Totals = dict[Key, tuple[int, float]]  # count and sum per series
+Totals = kafka.Totals
 
 
 @pytest.fixture(params=["sqlite", "cassandra"])
@@ -95,12 +93,6 @@ def _samples(
     )
 
 
-def _add(totals: Totals, series: ingest_pb2.SeriesSamples) -> None:
-    key = (series.app, series.labels["part"])
-    count, total = totals.get(key, (0, 0.0))
-    totals[key] = (count + len(series.values), total + sum(series.values))
-
-
 @dataclass(frozen=True)
 class Plan:
     """The requests the producer sends, round by round, and the range their
@@ -112,32 +104,15 @@ class Plan:
     end_ms: int
 
     def totals(self) -> Totals:
-        totals: Totals = {}
-        for requests in self.rounds:
-            for request in requests:
-                for series in request.series:
-                    _add(totals, series)
-        return totals
+        return kafka.totals_of(r for requests in self.rounds for r in requests)
 
 
 def _plan(seed: int, now_ms: int) -> Plan:
-    """Each round, one request for each of half the apps (in turn), with 1
-    to 4 samples for each of its three series within the last 10 minutes."""
-    rng = random.Random(seed)
-    rounds = []
-    for number in range(ROUNDS):
-        requests = []
-        for app in APPS[number % 2 :: 2]:
-            series = []
-            for part in PARTS:
-                n = rng.randint(1, 4)
-                times = [now_ms - rng.randrange(10 * MINUTE) for _ in range(n)]
-                values = [rng.randrange(4000) / 4 for _ in range(n)]
-                series.append(_samples(app, part, times, values))
-            requests.append(ingest_pb2.WriteRequest(series=series))
-        rounds.append(tuple(requests))
+    rounds = kafka.planned_rounds(
+        seed, now_ms, apps=APPS, parts=PARTS, metric=METRIC, rounds=ROUNDS
+    )
     start = now_ms - now_ms % MINUTE - 10 * MINUTE
-    return Plan(tuple(rounds), start, now_ms - now_ms % MINUTE + MINUTE)
+    return Plan(tuple(map(tuple, rounds)), start, now_ms - now_ms % MINUTE + MINUTE)
 
 
 def _stream(
@@ -346,7 +321,7 @@ def test_invalid_messages_go_to_the_dead_letter_topic_and_store_nothing(
             for sent in mix:
                 if sent.rejected_for is None:
                     for series in ingest_pb2.WriteRequest.FromString(sent.value).series:
-                        _add(want, series)
+                        kafka.add_totals(want, series)
             start = now - now % MINUTE - 62 * MINUTE
             end = now - now % MINUTE + MINUTE
             with Client(server.target) as client:
