@@ -7,6 +7,7 @@ group and are stopped here (SIGTERM, then SIGKILL) when a scenario ends.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +22,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def serve_accepts(flag: str) -> bool:
+    """Whether this tree's ``metaas serve`` has ``flag`` (an A/B run may
+    run a tree older than the scenario)."""
+    run = subprocess.run(
+        [str(BIN / "metaas"), "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    return re.search(re.escape(flag) + r"(?![-\w])", run.stdout) is not None
 
 
 def free_port() -> int:

@@ -15,8 +15,6 @@ same age, inside the server's hot window.
 from __future__ import annotations
 
 import dataclasses
-import re
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +26,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import KafkaException, NewTopic
 
 from bench import data
-from bench._process import BIN, ROOT, Child, cpu_seconds, metaas_server
+from bench._process import ROOT, Child, cpu_seconds, metaas_server, serve_accepts
 from bench.client import counted
 from bench.scenarios import FLUSH_INTERVAL_S, Settings, ingest, now_ms
 
@@ -49,14 +47,7 @@ _BROKER_PID = ROOT / ".services" / "kafka" / "run" / "kafka.pid"
 
 def supported() -> bool:
     """Whether this server consumes Kafka (``serve --kafka-brokers``)."""
-    run = subprocess.run(
-        [str(BIN / "metaas"), "serve", "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    return re.search(r"--kafka-brokers(?![-\w])", run.stdout) is not None
+    return serve_accepts("--kafka-brokers")
 
 
 def run(settings: Settings, grpc_ingest: dict[str, Any] | None) -> dict[str, Any]:

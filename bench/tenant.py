@@ -12,9 +12,7 @@ with views on and off, and a third the bytes stored per sample.
 from __future__ import annotations
 
 import dataclasses
-import re
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from bench import data
-from bench._process import BIN, Child, metaas_server
+from bench._process import Child, metaas_server, serve_accepts
 from bench.client import QUERY_RANGE, query_bytes, write_paced
 from bench.ghz import ghz
 from bench.loadgen import write_requests
@@ -97,14 +95,7 @@ PLANS = {
 
 def views_supported() -> bool:
     """Whether this server has ``--views`` (the projections of issue 13)."""
-    run = subprocess.run(
-        [str(BIN / "metaas"), "serve", "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    return re.search(r"--views(?![-\w])", run.stdout) is not None
+    return serve_accepts("--views")
 
 
 def run(
